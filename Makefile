@@ -1,0 +1,38 @@
+# The two commands of the README:
+#   make book   build the book into _build/html (every notebook executed)
+#   make test   unit tests + every notebook (nbmake) + a warning-free book build
+# Both create the virtual environment .venv from requirements.txt on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+BUILD := $(BIN)/jupyter-book build --all .
+
+.PHONY: book test lock clean
+
+book: $(STAMP)
+	$(BUILD)
+	@echo "The book is in _build/html; open _build/html/index.html in a browser."
+
+test: $(STAMP)
+	$(BIN)/python -m pytest --nbmake --nbmake-timeout=300 tests chapters
+	$(BUILD) -W -n --keep-going
+
+$(STAMP): requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
+		{ echo "Python >= 3.10 is needed; run with PYTHON=/path/to/python3.x"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -r requirements.txt
+	$(BIN)/python -m pip install --no-deps -e .
+	touch $@
+
+# Re-pin requirements.txt from requirements.in, for every Python from 3.10 on.
+lock:
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install uv
+	.venv-lock/bin/uv pip compile requirements.in --universal --python-version 3.10 \
+		--output-file requirements.txt
+
+clean:
+	rm -rf _build

@@ -1,0 +1,39 @@
+"""mbv2: MobileNetV2 (Sandler et al. 2018), as built and explained in the book.
+
+Imports only torch and numpy. The names follow the paper: t, c, n, s for the rows of
+Table 2; expansion, depthwise and projection for the three layers of a block.
+"""
+
+from .layers import ConvBNAct, DepthwiseSeparableConv, InvertedResidual
+from .model import (
+    LAST_CHANNELS,
+    PAPER_TABLE_2,
+    STEM_CHANNELS,
+    STEM_STRIDE,
+    MobileNetV2,
+    StageSpec,
+    make_divisible,
+)
+from .torchvision_compat import load_torchvision_weights, torchvision_key_map
+from .tables import markdown_table, paper_shape
+from .tracing import ShapeRecord, trace_shapes
+
+__all__ = [
+    "ConvBNAct",
+    "DepthwiseSeparableConv",
+    "InvertedResidual",
+    "LAST_CHANNELS",
+    "MobileNetV2",
+    "PAPER_TABLE_2",
+    "STEM_CHANNELS",
+    "STEM_STRIDE",
+    "ShapeRecord",
+    "StageSpec",
+    "load_torchvision_weights",
+    "make_divisible",
+    "markdown_table",
+    "paper_shape",
+    "torchvision_key_map",
+    "trace_shapes",
+]
+__version__ = "0.1.0"

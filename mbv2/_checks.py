@@ -1,0 +1,35 @@
+"""Argument checks shared by the package: each raises an error that names the argument."""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+
+
+def positive_int(name: str, value: object) -> int:
+    """Return ``value`` if it is an integer >= 1, else raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def real_at_least(name: str, value: object, minimum: float, *, strict: bool = False) -> float:
+    """Return ``value`` as a float if it is a finite number >= ``minimum`` (> if ``strict``)."""
+    ok = (
+        isinstance(value, Real)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value > minimum if strict else value >= minimum)
+    )
+    if not ok:
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
+def one_of(name: str, value: object, allowed: tuple) -> object:
+    """Return ``value`` if it is one of ``allowed``, else raise naming ``name``."""
+    if isinstance(value, bool) or value not in allowed:
+        choices = ", ".join(repr(a) for a in allowed)
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value

@@ -1,0 +1,168 @@
+"""The building blocks of MobileNetV1 and MobileNetV2.
+
+* :class:`ConvBNAct`: a convolution without bias, batch norm, and an optional activation.
+  Every convolution of both networks is one of these.
+* :class:`DepthwiseSeparableConv`: the MobileNetV1 unit (Howard et al. 2017, Fig. 3):
+  a 3x3 depthwise convolution followed by a 1x1 pointwise convolution.
+* :class:`InvertedResidual`: the MobileNetV2 bottleneck residual block
+  (Sandler et al. 2018, Section 3.3 and Table 1).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from ._checks import one_of, positive_int, real_at_least
+
+Activation = Optional[Callable[[], nn.Module]]
+
+
+class ConvBNAct(nn.Sequential):
+    """Convolution (no bias) -> batch norm -> activation, with 'same' padding.
+
+    The convolution has no bias because the batch norm that follows subtracts the
+    per-channel mean, which would cancel any bias, and then adds its own shift.
+
+    Args:
+        in_channels: channels of the input.
+        out_channels: channels of the output.
+        kernel_size: side of the square kernel (odd, so that padding keeps the size).
+        stride: spatial stride.
+        groups: 1 for a standard convolution, ``in_channels`` for a depthwise one.
+        activation: a callable that builds the activation module (a class such as
+            ``nn.ReLU6``), or ``None`` for a linear layer.
+
+    The submodules are named ``conv``, ``bn`` and, when there is an activation, ``act``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        activation: Activation = nn.ReLU6,
+    ) -> None:
+        in_channels = positive_int("in_channels", in_channels)
+        out_channels = positive_int("out_channels", out_channels)
+        kernel_size = positive_int("kernel_size", kernel_size)
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        stride = positive_int("stride", stride)
+        groups = positive_int("groups", groups)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"groups must divide in_channels and out_channels, got groups={groups} "
+                f"for in_channels={in_channels}, out_channels={out_channels}"
+            )
+        layers = OrderedDict(
+            conv=nn.Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride=stride,
+                padding=kernel_size // 2,
+                groups=groups,
+                bias=False,
+            ),
+            bn=nn.BatchNorm2d(out_channels),
+        )
+        if activation is not None:
+            layers["act"] = activation()
+        super().__init__(layers)
+
+
+class DepthwiseSeparableConv(nn.Sequential):
+    """The MobileNetV1 unit: 3x3 depthwise conv -> BN -> act, then 1x1 pointwise conv -> BN -> act.
+
+    The depthwise convolution filters each input channel on its own (``groups`` equal to
+    the number of channels); the pointwise convolution mixes the channels. Together they
+    replace a standard 3x3 convolution (Howard et al. 2017, Section 3.1; Sandler et al.
+    2018, Section 3.1).
+
+    Args:
+        in_channels: channels of the input (and of the depthwise convolution).
+        out_channels: channels after the pointwise convolution.
+        stride: stride of the depthwise convolution, 1 or 2.
+        activation: builds the activation after each convolution; MobileNetV1 uses ReLU.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        activation: Activation = nn.ReLU,
+    ) -> None:
+        in_channels = positive_int("in_channels", in_channels)
+        stride = one_of("stride", stride, (1, 2))
+        super().__init__(
+            OrderedDict(
+                depthwise=ConvBNAct(in_channels, in_channels, 3, stride, in_channels, activation),
+                pointwise=ConvBNAct(in_channels, out_channels, 1, 1, 1, activation),
+            )
+        )
+
+
+class InvertedResidual(nn.Module):
+    """The bottleneck residual block of MobileNetV2 (Sandler et al. 2018, Table 1).
+
+    ``expansion``: 1x1 conv + ReLU6 from k to t*k channels (absent when t = 1);
+    ``depthwise``: 3x3 depthwise conv with stride s + ReLU6;
+    ``projection``: 1x1 conv from t*k to k' channels, linear (the *linear bottleneck*).
+    Each convolution is followed by batch norm. The input is added to the output (the
+    shortcut) exactly when the stride is 1 and k = k'.
+
+    Args:
+        in_channels: k, channels of the input.
+        out_channels: k', channels of the output.
+        stride: s, stride of the depthwise convolution, 1 or 2.
+        expand_ratio: t, the expansion factor (>= 1).
+        projection_activation: builds an activation to put after the projection, for the
+            ablation of Section 6.4 / Figure 6a (e.g. ``nn.ReLU6``); ``None`` (the default)
+            keeps the bottleneck linear as in the paper.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        expand_ratio: float,
+        *,
+        projection_activation: Activation = None,
+    ) -> None:
+        super().__init__()
+        self.in_channels = positive_int("in_channels", in_channels)
+        self.out_channels = positive_int("out_channels", out_channels)
+        self.stride = one_of("stride", stride, (1, 2))
+        self.expand_ratio = real_at_least("expand_ratio", expand_ratio, 1.0)
+        self.hidden_channels = round(in_channels * expand_ratio)
+        self.use_shortcut = stride == 1 and in_channels == out_channels
+
+        hidden = self.hidden_channels
+        if self.expand_ratio == 1:
+            # t = 1: the input already has the width the depthwise conv works on.
+            self.expansion: nn.Module = nn.Identity()
+        else:
+            self.expansion = ConvBNAct(in_channels, hidden, kernel_size=1)
+        self.depthwise = ConvBNAct(hidden, hidden, kernel_size=3, stride=stride, groups=hidden)
+        self.projection = ConvBNAct(
+            hidden, out_channels, kernel_size=1, activation=projection_activation
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.projection(self.depthwise(self.expansion(x)))
+        return x + out if self.use_shortcut else out
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
+            f"stride={self.stride}, expand_ratio={self.expand_ratio:g}, "
+            f"use_shortcut={self.use_shortcut}"
+        )

@@ -1,0 +1,182 @@
+"""MobileNetV2 built from the paper's Table 2 (Sandler et al. 2018, Section 4)."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+from ._checks import one_of, positive_int, real_at_least
+from .layers import Activation, ConvBNAct, InvertedResidual
+
+
+class StageSpec(NamedTuple):
+    """One bottleneck row of Table 2: a stage of ``n`` inverted residual blocks."""
+
+    t: int  #: expansion factor of every block in the stage
+    c: int  #: output channels (before the width multiplier)
+    n: int  #: number of blocks
+    s: int  #: stride of the first block; the others have stride 1
+
+
+#: The bottleneck rows of Table 2, top to bottom (input 224x224x3).
+PAPER_TABLE_2: tuple[StageSpec, ...] = (
+    StageSpec(t=1, c=16, n=1, s=1),
+    StageSpec(t=6, c=24, n=2, s=2),
+    StageSpec(t=6, c=32, n=3, s=2),
+    StageSpec(t=6, c=64, n=4, s=2),
+    StageSpec(t=6, c=96, n=3, s=1),
+    StageSpec(t=6, c=160, n=3, s=2),
+    StageSpec(t=6, c=320, n=1, s=1),
+)
+#: Table 2, first row: a 3x3 convolution with stride 2 to 32 channels.
+STEM_CHANNELS = 32
+STEM_STRIDE = 2
+#: Table 2, the 1x1 convolution after the last bottleneck.
+LAST_CHANNELS = 1280
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Round a channel count to a multiple of ``divisor``, as the reference implementations do.
+
+    The value is rounded to the nearest multiple (halves round up), but never below
+    ``divisor`` itself and never more than 10% below ``value``; in that case the next
+    multiple up is taken. With ``divisor=8``, ``make_divisible(32 * 0.35) == 16``.
+    """
+    value = real_at_least("value", value, 0.0, strict=True)
+    divisor = positive_int("divisor", divisor)
+    rounded = max(divisor, divisor * math.floor(value / divisor + 0.5))
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2 (Sandler et al. 2018), laid out as Table 2.
+
+    ``stem``: 3x3 conv, stride 2, to 32 channels; ``stages``: one ``nn.Sequential`` of
+    :class:`~mbv2.layers.InvertedResidual` blocks per row of ``stages`` (Table 2 by
+    default); ``head``: 1x1 conv to 1280 channels; ``pool``: global average pooling;
+    ``classifier``: dropout and a linear layer (the paper's final 1x1 conv on a 1x1 map).
+
+    Args:
+        num_classes: k, the number of output classes.
+        width_mult: the width multiplier; every channel count c becomes
+            ``make_divisible(c * width_mult)``, except that the 1280 channels of the head
+            are never reduced (``max(1, width_mult)``).
+        dropout: dropout probability before the classifier, in [0, 1).
+        stages: the bottleneck rows (t, c, n, s); defaults to :data:`PAPER_TABLE_2`.
+        projection_activation: passed to every block; ``None`` keeps the linear bottleneck.
+
+    The input is ``(N, 3, H, W)`` with H and W at least ``2 ** (number of stride-2 layers)``,
+    32 for Table 2, so that every stride-2 layer has something to halve.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        width_mult: float = 1.0,
+        dropout: float = 0.2,
+        *,
+        stages: Sequence[StageSpec] = PAPER_TABLE_2,
+        projection_activation: Activation = None,
+    ) -> None:
+        super().__init__()
+        self.num_classes = positive_int("num_classes", num_classes)
+        self.width_mult = real_at_least("width_mult", width_mult, 0.0, strict=True)
+        dropout = real_at_least("dropout", dropout, 0.0)
+        if dropout >= 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.stage_specs = _check_stages(stages)
+        self.min_input_size = STEM_STRIDE * math.prod(spec.s for spec in self.stage_specs)
+
+        channels = make_divisible(STEM_CHANNELS * width_mult)
+        self.stem = ConvBNAct(3, channels, kernel_size=3, stride=STEM_STRIDE)
+        stage_modules = []
+        for spec in self.stage_specs:
+            out_channels = make_divisible(spec.c * width_mult)
+            blocks = []
+            for i in range(spec.n):
+                blocks.append(
+                    InvertedResidual(
+                        channels,
+                        out_channels,
+                        stride=spec.s if i == 0 else 1,
+                        expand_ratio=spec.t,
+                        projection_activation=projection_activation,
+                    )
+                )
+                channels = out_channels
+            stage_modules.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stage_modules)
+        self.last_channels = make_divisible(LAST_CHANNELS * max(1.0, width_mult))
+        self.head = ConvBNAct(channels, self.last_channels, kernel_size=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(
+            OrderedDict(
+                dropout=nn.Dropout(dropout),
+                linear=nn.Linear(self.last_channels, num_classes),
+            )
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise as torchvision does: He-normal convs (fan-out), BN to identity,
+        classifier weights N(0, 0.01) and zero bias."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=0.01)
+                nn.init.zeros_(module.bias)
+
+    def blocks(self) -> list[InvertedResidual]:
+        """The inverted residual blocks, in order (17 for Table 2)."""
+        return [block for stage in self.stages for block in stage]
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a ``ValueError`` that says what is wrong if ``x`` cannot go through the model."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(
+                f"input must be a 4-D tensor (N, 3, H, W), got {x.dim()}-D with shape "
+                f"{tuple(x.shape)}"
+            )
+        if x.shape[1] != 3:
+            raise ValueError(
+                f"input must have 3 channels in dimension 1 (N, 3, H, W), got shape "
+                f"{tuple(x.shape)}"
+            )
+        if min(x.shape[2:]) < self.min_input_size:
+            raise ValueError(
+                f"input height and width must be at least {self.min_input_size} pixels, "
+                f"got {tuple(x.shape[2:])}"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        x = self.head(self.stages(self.stem(x)))
+        return self.classifier(torch.flatten(self.pool(x), 1))
+
+
+def _check_stages(stages: Sequence[StageSpec]) -> tuple[StageSpec, ...]:
+    if isinstance(stages, (str, bytes)) or not isinstance(stages, Sequence) or not stages:
+        raise ValueError(f"stages must be a non-empty sequence of (t, c, n, s) rows, got {stages!r}")
+    checked = []
+    for i, row in enumerate(stages):
+        if len(row) != 4:
+            raise ValueError(f"stages[{i}] must be a (t, c, n, s) row, got {row!r}")
+        t, c, n, s = row
+        real_at_least(f"stages[{i}].t", t, 1.0)
+        positive_int(f"stages[{i}].c", c)
+        positive_int(f"stages[{i}].n", n)
+        one_of(f"stages[{i}].s", s, (1, 2))
+        checked.append(StageSpec(t, c, n, s))
+    return tuple(checked)

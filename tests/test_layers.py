@@ -1,0 +1,114 @@
+import pytest
+import torch
+from torch import nn
+
+from mbv2 import ConvBNAct, DepthwiseSeparableConv, InvertedResidual
+
+
+def conv_params(c_in, c_out, k, groups=1):
+    return c_out * (c_in // groups) * k * k
+
+
+def test_conv_bn_act_layout_and_same_padding():
+    layer = ConvBNAct(8, 16, kernel_size=3, stride=2)
+    assert [name for name, _ in layer.named_children()] == ["conv", "bn", "act"]
+    assert layer.conv.bias is None
+    assert isinstance(layer.act, nn.ReLU6)
+    assert layer(torch.randn(2, 8, 15, 15)).shape == (2, 16, 8, 8)
+    linear = ConvBNAct(8, 16, kernel_size=1, activation=None)
+    assert [name for name, _ in linear.named_children()] == ["conv", "bn"]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(in_channels=0, out_channels=4), "in_channels must be an integer >= 1"),
+    (dict(in_channels=4, out_channels=4, kernel_size=2), "kernel_size must be odd"),
+    (dict(in_channels=4, out_channels=6, groups=4), "groups must divide"),
+    (dict(in_channels=4, out_channels=4, stride=0), "stride must be an integer >= 1"),
+])
+def test_conv_bn_act_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ConvBNAct(**kwargs)
+
+
+def test_depthwise_separable_conv_is_depthwise_then_pointwise():
+    unit = DepthwiseSeparableConv(32, 64, stride=2)
+    assert unit.depthwise.conv.groups == 32
+    assert unit.depthwise.conv.weight.shape == (32, 1, 3, 3)
+    assert unit.pointwise.conv.weight.shape == (64, 32, 1, 1)
+    assert isinstance(unit.depthwise.act, nn.ReLU) and isinstance(unit.pointwise.act, nn.ReLU)
+    conv_weights = conv_params(32, 32, 3, groups=32) + conv_params(32, 64, 1)
+    bn_weights = 2 * 32 + 2 * 64
+    assert sum(p.numel() for p in unit.parameters()) == conv_weights + bn_weights
+    assert unit(torch.randn(1, 32, 16, 16)).shape == (1, 64, 8, 8)
+
+
+def test_depthwise_separable_conv_rejects_stride_3():
+    with pytest.raises(ValueError, match="stride must be one of 1, 2"):
+        DepthwiseSeparableConv(8, 8, stride=3)
+
+
+def test_expansion_is_absent_exactly_when_t_is_1():
+    block = InvertedResidual(32, 16, stride=1, expand_ratio=1)
+    assert isinstance(block.expansion, nn.Identity)
+    assert block.depthwise.conv.weight.shape == (32, 1, 3, 3)
+    block = InvertedResidual(16, 24, stride=2, expand_ratio=6)
+    assert block.expansion.conv.weight.shape == (96, 16, 1, 1)
+    assert block.depthwise.conv.weight.shape == (96, 1, 3, 3)
+    assert block.projection.conv.weight.shape == (24, 96, 1, 1)
+
+
+def test_parameter_count_matches_table_1():
+    k, t, k_out = 24, 6, 32
+    block = InvertedResidual(k, k_out, stride=2, expand_ratio=t)
+    hidden = t * k
+    expected = (
+        conv_params(k, hidden, 1) + 2 * hidden
+        + conv_params(hidden, hidden, 3, groups=hidden) + 2 * hidden
+        + conv_params(hidden, k_out, 1) + 2 * k_out
+    )
+    assert sum(p.numel() for p in block.parameters()) == expected
+
+
+@pytest.mark.parametrize("in_c, out_c, stride, shortcut", [
+    (24, 24, 1, True), (24, 32, 1, False), (24, 24, 2, False), (16, 24, 2, False),
+])
+def test_shortcut_exactly_when_stride_1_and_same_width(in_c, out_c, stride, shortcut):
+    block = InvertedResidual(in_c, out_c, stride=stride, expand_ratio=6).eval()
+    assert block.use_shortcut is shortcut
+    # With the projection's batch norm set to output zeros, the residual branch is zero,
+    # so the block returns its input if and only if there is a shortcut.
+    nn.init.zeros_(block.projection.bn.weight)
+    nn.init.zeros_(block.projection.bn.bias)
+    x = torch.randn(2, in_c, 8, 8)
+    out = block(x)
+    assert out.shape == (2, out_c, 8 // stride, 8 // stride)
+    if shortcut:
+        assert torch.equal(out, x)
+    else:
+        assert torch.count_nonzero(out) == 0
+
+
+def test_projection_is_linear_by_default_and_can_take_an_activation():
+    x = torch.randn(4, 16, 8, 8)
+    linear = InvertedResidual(16, 24, stride=1, expand_ratio=6).eval()
+    assert not hasattr(linear.projection, "act")
+    assert (linear(x) < 0).any()  # a linear projection outputs negative values too
+    nonlinear = InvertedResidual(16, 24, stride=1, expand_ratio=6, projection_activation=nn.ReLU6)
+    nonlinear.eval()
+    assert isinstance(nonlinear.projection.act, nn.ReLU6)
+    out = nonlinear(x)
+    assert out.min() >= 0 and out.max() <= 6
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(stride=3), "stride must be one of 1, 2, got 3"),
+    (dict(stride=True), "stride must be one of 1, 2, got True"),
+    (dict(expand_ratio=0.5), "expand_ratio must be a finite number >= 1, got 0.5"),
+    (dict(expand_ratio=float("nan")), "expand_ratio must be a finite number >= 1"),
+    (dict(in_channels=0), "in_channels must be an integer >= 1, got 0"),
+    (dict(out_channels=2.5), "out_channels must be an integer >= 1, got 2.5"),
+])
+def test_inverted_residual_rejects_bad_arguments(kwargs, match):
+    arguments = dict(in_channels=16, out_channels=16, stride=1, expand_ratio=6) | kwargs
+    with pytest.raises(ValueError, match=match):
+        InvertedResidual(**arguments)

@@ -1,0 +1,143 @@
+import math
+
+import pytest
+import torch
+import torchinfo
+from torch import nn
+from torchvision.models._utils import _make_divisible as torchvision_make_divisible
+
+from mbv2 import PAPER_TABLE_2, InvertedResidual, MobileNetV2, StageSpec, make_divisible, trace_shapes
+
+WIDTHS = [0.35, 0.5, 0.75, 1.0, 1.3, 1.4]
+
+
+def test_make_divisible_agrees_with_torchvision_over_a_sweep():
+    values = [c * w for c in (16, 24, 32, 64, 96, 160, 320, 1280) for w in WIDTHS]
+    values += [v / 4 for v in range(1, 400)]
+    for divisor in (4, 8, 16):
+        for value in values:
+            assert make_divisible(value, divisor) == torchvision_make_divisible(value, divisor), (value, divisor)
+
+
+@pytest.mark.parametrize("value", [3.0, 11.2, 12.0, 20.0, 35.0, 44.8, 100.0, 1000.5])
+def test_make_divisible_rule(value):
+    result = make_divisible(value)
+    assert result % 8 == 0 and result >= 8
+    assert result >= 0.9 * value
+    # The nearest multiple of 8 unless that is below 8 or more than 10% below the value.
+    nearest = 8 * math.floor(value / 8 + 0.5)
+    assert result in (nearest, nearest + 8, 8)
+
+
+@pytest.mark.parametrize("args, match", [
+    ((0,), "value must be a finite number > 0"),
+    ((-3.0,), "value must be a finite number > 0"),
+    ((16, 0), "divisor must be an integer >= 1"),
+])
+def test_make_divisible_rejects_bad_arguments(args, match):
+    with pytest.raises(ValueError, match=match):
+        make_divisible(*args)
+
+
+def test_width_1_has_the_channels_of_table_2():
+    model = MobileNetV2()
+    assert model.stem.conv.out_channels == 32 and model.stem.conv.stride == (2, 2)
+    blocks = model.blocks()
+    assert len(blocks) == sum(row.n for row in PAPER_TABLE_2) == 17
+    rows = [row for row in PAPER_TABLE_2 for _ in range(row.n)]
+    firsts = [i == 0 for row in PAPER_TABLE_2 for i in range(row.n)]
+    for block, row, first in zip(blocks, rows, firsts):
+        assert block.out_channels == row.c
+        assert block.expand_ratio == row.t
+        assert block.stride == (row.s if first else 1)
+    assert model.head.conv.out_channels == 1280
+    assert model.classifier.linear.in_features == 1280
+
+
+def test_head_is_not_shrunk_below_1280():
+    assert MobileNetV2(width_mult=0.35).last_channels == 1280
+    assert MobileNetV2(width_mult=1.4).last_channels == make_divisible(1280 * 1.4)
+
+
+@pytest.mark.parametrize("resolution", [32, 96, 224, 225])
+def test_any_resolution_from_32_on(resolution):
+    model = MobileNetV2(num_classes=10, width_mult=0.35).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, resolution, resolution + 8)).shape == (2, 10)
+
+
+def test_every_part_sees_the_input_of_table_2():
+    # The "input" column of the paper's Table 2 at 224x224, as (H = W, channels).
+    table_2_inputs = [(224, 3), (112, 32), (112, 16), (56, 24), (28, 32), (14, 64), (14, 96),
+                      (7, 160), (7, 320), (7, 1280)]
+    model = MobileNetV2()
+    parts = ["stem"] + [f"stages.{i}" for i in range(7)] + ["head", "pool"]
+    records = trace_shapes(model, torch.randn(1, 3, 224, 224), parts)
+    assert [r.name for r in records] == parts
+    assert [r.input_shape for r in records] == [(1, c, h, h) for h, c in table_2_inputs]
+    assert records[-1].output_shape == (1, 1280, 1, 1)
+
+
+def test_multiply_adds_by_torchinfo_match_torchvision_figure():
+    stats = torchinfo.summary(MobileNetV2(), input_size=(1, 3, 224, 224), verbose=0)
+    assert stats.total_mult_adds == pytest.approx(300.8e6, abs=0.1e6)
+
+
+def test_training_mode_backward_gives_finite_gradients_everywhere():
+    model = MobileNetV2(num_classes=10, width_mult=0.5).train()
+    loss = nn.functional.cross_entropy(model(torch.randn(4, 3, 64, 64)), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None, name
+        assert torch.isfinite(parameter.grad).all(), name
+    assert any(p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_custom_stages_and_projection_activation():
+    stages = [StageSpec(1, 8, 1, 1), StageSpec(4, 16, 2, 2)]
+    model = MobileNetV2(num_classes=3, width_mult=1.0, stages=stages, projection_activation=nn.ReLU6)
+    assert model.min_input_size == 4
+    assert len(model.blocks()) == 3
+    assert all(isinstance(b.projection.act, nn.ReLU6) for b in model.blocks())
+    assert model(torch.randn(2, 3, 8, 8)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(width_mult=0), "width_mult must be a finite number > 0, got 0"),
+    (dict(width_mult=-1.0), "width_mult must be a finite number > 0"),
+    (dict(width_mult="1.0"), "width_mult must be a finite number > 0, got '1.0'"),
+    (dict(width_mult=float("inf")), "width_mult must be a finite number > 0"),
+    (dict(num_classes=0), "num_classes must be an integer >= 1, got 0"),
+    (dict(num_classes=10.0), "num_classes must be an integer >= 1, got 10.0"),
+    (dict(dropout=1.0), r"dropout must be in \[0, 1\), got 1.0"),
+    (dict(dropout=-0.1), "dropout must be a finite number >= 0"),
+    (dict(stages=[]), "stages must be a non-empty sequence"),
+    (dict(stages=[(6, 16, 1, 3)]), r"stages\[0\].s must be one of 1, 2, got 3"),
+    (dict(stages=[(6, 16, 0, 1)]), r"stages\[0\].n must be an integer >= 1"),
+    (dict(stages=[(6, 16, 1)]), r"stages\[0\] must be a \(t, c, n, s\) row"),
+])
+def test_model_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MobileNetV2(**kwargs)
+
+
+@pytest.mark.parametrize("shape, match", [
+    ((3, 224, 224), r"input must be a 4-D tensor \(N, 3, H, W\), got 3-D"),
+    ((1, 1, 224, 224), "input must have 3 channels"),
+    ((1, 224, 224, 3), "input must have 3 channels"),
+    ((1, 3, 31, 224), r"input height and width must be at least 32 pixels, got \(31, 224\)"),
+])
+def test_forward_rejects_bad_inputs(shape, match):
+    with pytest.raises(ValueError, match=match):
+        MobileNetV2()(torch.randn(shape))
+
+
+def test_forward_rejects_non_tensors():
+    with pytest.raises(TypeError, match="input must be a torch.Tensor, got ndarray"):
+        MobileNetV2()(torch.randn(1, 3, 32, 32).numpy())
+
+
+def test_blocks_are_inverted_residuals_in_order():
+    blocks = MobileNetV2().blocks()
+    assert all(isinstance(b, InvertedResidual) for b in blocks)
+    assert [b.use_shortcut for b in blocks].count(True) == 10

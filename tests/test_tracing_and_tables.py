@@ -1,0 +1,43 @@
+import pytest
+import torch
+from torch import nn
+
+from mbv2 import InvertedResidual, markdown_table, paper_shape, trace_shapes
+
+
+def test_trace_shapes_follows_a_block_in_order_and_restores_the_mode():
+    block = InvertedResidual(16, 24, stride=2, expand_ratio=6).train()
+    running_mean = block.expansion.bn.running_mean.clone()
+    records = trace_shapes(block, torch.randn(1, 16, 10, 10), ["projection", "expansion", "depthwise"])
+    assert [(r.name, r.input_shape, r.output_shape) for r in records] == [
+        ("expansion", (1, 16, 10, 10), (1, 96, 10, 10)),
+        ("depthwise", (1, 96, 10, 10), (1, 96, 5, 5)),
+        ("projection", (1, 96, 5, 5), (1, 24, 5, 5)),
+    ]
+    assert records[0].module == "ConvBNAct"
+    assert block.training
+    assert torch.equal(block.expansion.bn.running_mean, running_mean)
+    assert not block.expansion._forward_hooks
+
+
+def test_trace_shapes_defaults_to_children_and_rejects_unknown_names():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten())
+    assert [r.name for r in trace_shapes(model, torch.randn(1, 3, 5, 5))] == ["0", "1"]
+    with pytest.raises(ValueError, match="names must be submodules of model; not found: head"):
+        trace_shapes(model, torch.randn(1, 3, 5, 5), ["head"])
+
+
+def test_markdown_table_formats_cells():
+    table = markdown_table(["a", "b", "c", "d"], [(1234567, (1, 3, 224), True, "x|y")])
+    assert table.splitlines() == ["| a | b | c | d |", "|---|---|---|---|",
+                                  "| 1,234,567 | 1×3×224 | yes | x\\|y |"]
+    with pytest.raises(ValueError, match="rows\\[0\\] has 1 cells, the header has 2"):
+        markdown_table(["a", "b"], [(1,)])
+
+
+def test_paper_shape():
+    assert paper_shape((32, 112, 112)) == "112²×32"
+    assert paper_shape((32, 112, 96)) == "112×96×32"
+    assert paper_shape((1000,)) == "1000"
+    with pytest.raises(ValueError, match=r"shape must be \(C,\) or \(C, H, W\), got \(1, 2\)"):
+        paper_shape((1, 2))
