@@ -33,3 +33,16 @@ def one_of(name: str, value: object, allowed: tuple) -> object:
         choices = ", ".join(repr(a) for a in allowed)
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
+
+
+def conv_channels(in_channels: object, out_channels: object, groups: object) -> tuple[int, int, int]:
+    """Check a convolution's channel counts and groups; ``groups`` must divide both."""
+    in_channels = positive_int("in_channels", in_channels)
+    out_channels = positive_int("out_channels", out_channels)
+    groups = positive_int("groups", groups)
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(
+            f"groups must divide in_channels and out_channels, got groups={groups} "
+            f"for in_channels={in_channels}, out_channels={out_channels}"
+        )
+    return in_channels, out_channels, groups

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from ._checks import one_of, positive_int, real_at_least
+from ._checks import conv_channels, one_of, positive_int, real_at_least
 
 Activation = Optional[Callable[[], nn.Module]]
 
@@ -48,18 +48,11 @@ class ConvBNAct(nn.Sequential):
         groups: int = 1,
         activation: Activation = nn.ReLU6,
     ) -> None:
-        in_channels = positive_int("in_channels", in_channels)
-        out_channels = positive_int("out_channels", out_channels)
+        in_channels, out_channels, groups = conv_channels(in_channels, out_channels, groups)
         kernel_size = positive_int("kernel_size", kernel_size)
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
         stride = positive_int("stride", stride)
-        groups = positive_int("groups", groups)
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(
-                f"groups must divide in_channels and out_channels, got groups={groups} "
-                f"for in_channels={in_channels}, out_channels={out_channels}"
-            )
         layers = OrderedDict(
             conv=nn.Conv2d(
                 in_channels,

@@ -1,6 +1,7 @@
 import pytest
 import torch
 import torchvision
+from torch import nn
 
 from mbv2 import MobileNetV2, load_torchvision_weights, torchvision_key_map
 
@@ -15,15 +16,31 @@ def count(model):
 
 
 def randomised_reference(width_mult, num_classes=1000):
-    """A torchvision model in which every tensor, batch-norm statistics included, is random."""
+    """A torchvision model in which every tensor is random, batch-norm statistics included,
+    and large enough that many ReLU6 units saturate at 6."""
     reference = torchvision.models.mobilenet_v2(width_mult=width_mult, num_classes=num_classes)
     with torch.no_grad():
-        for name, tensor in reference.state_dict().items():
-            if name.endswith("running_var"):
-                tensor.uniform_(0.5, 1.5)
-            elif name.endswith(("running_mean", "bias")) or ".1.weight" in name:
-                tensor.normal_(0, 0.1)
+        for module in reference.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 4.0)
+                module.bias.normal_(0, 0.5)
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+            elif isinstance(module, nn.Linear):
+                module.bias.normal_(0, 0.1)
     return reference.eval()
+
+
+def saturated_fraction(model, x):
+    """The fraction of ReLU6 outputs equal to 6 when ``model`` runs on ``x``."""
+    outputs = []
+    handles = [m.register_forward_hook(lambda m, i, o: outputs.append(o))
+               for m in model.modules() if isinstance(m, nn.ReLU6)]
+    with torch.no_grad():
+        model(x)
+    for handle in handles:
+        handle.remove()
+    return sum((o == 6).sum().item() for o in outputs) / sum(o.numel() for o in outputs)
 
 
 @pytest.mark.parametrize("width_mult", WIDTHS)
@@ -44,7 +61,10 @@ def test_outputs_equal_torchvision_after_loading(width_mult):
             ours, theirs = model(x), reference(x)
         assert ours.shape == theirs.shape == (2, 1000)
         assert (ours - theirs).abs().max() <= 1e-5
-        assert theirs.std() > 1e-3  # the comparison is not between two constant outputs
+        # The comparison is not between two constant outputs, and it exercises the cap of
+        # ReLU6 (a model with plain ReLU would fail it).
+        assert theirs.std() > 1e-3
+        assert saturated_fraction(reference, x) > 0.01
 
 
 def test_key_map_is_a_bijection_onto_torchvision_keys():

@@ -1,0 +1,125 @@
+"""Parameter and multiply-add counts from the paper's formulas (Sandler et al. 2018, §3.1, §5).
+
+Convention: a *multiply-add* (MAdd) is one multiplication followed by one addition, the
+unit of the paper's tables. A convolution's count is the number of its output values
+times the number of weights each output value uses. Batch norm, biases and activations
+are not counted: they are a few operations per value, not per weight, and after
+training batch norm folds into the convolution before it.
+
+Sizes: ``height`` and ``width`` are the *output* size of the layer for the layer-level
+functions, and the *input* size of the block for :func:`inverted_residual_madds`, where
+a stride-2 block halves them part way through.
+"""
+
+from __future__ import annotations
+
+from ._checks import conv_channels, one_of, positive_int, real_at_least
+
+
+def conv2d_params(
+    in_channels: int, out_channels: int, kernel_size: int, groups: int = 1, bias: bool = False
+) -> int:
+    """Weights of a k x k convolution: d_j * (d_i / groups) * k^2, plus d_j biases if ``bias``."""
+    d_i, d_j, k, groups = _conv_args(in_channels, out_channels, kernel_size, groups)
+    return d_j * (d_i // groups) * k * k + (d_j if bias else 0)
+
+
+def conv2d_madds(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    out_height: int,
+    out_width: int,
+    groups: int = 1,
+) -> int:
+    """Multiply-adds of a k x k convolution producing an h x w x d_j output.
+
+    h * w * d_i * d_j * k^2 for a standard convolution (§3.1); with ``groups`` each output
+    channel sees only d_i / groups input channels, so a depthwise convolution
+    (groups = d_i = d_j) costs h * w * d_i * k^2.
+    """
+    d_i, d_j, k, groups = _conv_args(in_channels, out_channels, kernel_size, groups)
+    h = positive_int("out_height", out_height)
+    w = positive_int("out_width", out_width)
+    return h * w * d_j * (d_i // groups) * k * k
+
+
+def depthwise_separable_madds(
+    in_channels: int, out_channels: int, kernel_size: int, out_height: int, out_width: int
+) -> int:
+    """Multiply-adds of a k x k depthwise conv followed by a 1 x 1 pointwise conv, with an
+    h x w output: h * w * d_i * (k^2 + d_j), the paper's equation (1)."""
+    d_i, d_j, k, _ = _conv_args(in_channels, out_channels, kernel_size, 1)
+    h = positive_int("out_height", out_height)
+    w = positive_int("out_width", out_width)
+    return h * w * d_i * (k * k + d_j)
+
+
+def conv_output_size(size: int, stride: int, kernel_size: int = 3) -> int:
+    """Output side of a k x k convolution with 'same' padding (k // 2): ceil(size / stride)."""
+    size = positive_int("size", size)
+    stride = positive_int("stride", stride)
+    kernel_size = positive_int("kernel_size", kernel_size)
+    return (size + 2 * (kernel_size // 2) - kernel_size) // stride + 1
+
+
+def inverted_residual_madds(
+    in_channels: int,
+    out_channels: int,
+    expand_ratio: float,
+    height: int,
+    width: int,
+    stride: int = 1,
+    kernel_size: int = 3,
+) -> int:
+    """Multiply-adds of one bottleneck block (Table 1) on an h x w x d' input.
+
+    With t d' expanded channels, output d'' channels and output size h' x w'
+    (h' = ceil(h / s)):
+
+    * expansion, 1 x 1 at the input resolution: h * w * d' * t d' (absent when t = 1);
+    * depthwise, k x k with stride s: h' * w' * t d' * k^2;
+    * projection, 1 x 1 at the output resolution: h' * w' * t d' * d''.
+
+    For s = 1 (h' = h) and t > 1 the sum is the paper's h * w * d' * t * (d' + k^2 + d'').
+    """
+    d_in = positive_int("in_channels", in_channels)
+    d_out = positive_int("out_channels", out_channels)
+    t = real_at_least("expand_ratio", expand_ratio, 1.0)
+    h, w = positive_int("height", height), positive_int("width", width)
+    stride = one_of("stride", stride, (1, 2))
+    k = positive_int("kernel_size", kernel_size)
+    hidden = round(d_in * t)
+    h_out, w_out = conv_output_size(h, stride, k), conv_output_size(w, stride, k)
+    expansion = 0 if t == 1 else conv2d_madds(d_in, hidden, 1, h, w)
+    depthwise = conv2d_madds(hidden, hidden, k, h_out, w_out, groups=hidden)
+    projection = conv2d_madds(hidden, d_out, 1, h_out, w_out)
+    return expansion + depthwise + projection
+
+
+def inverted_residual_params(
+    in_channels: int,
+    out_channels: int,
+    expand_ratio: float,
+    kernel_size: int = 3,
+    batch_norm: bool = True,
+) -> int:
+    """Parameters of one bottleneck block: the three convolutions' weights
+    d' * t d' + t d' * k^2 + t d' * d'' (no expansion when t = 1), plus, with
+    ``batch_norm``, a scale and a shift for every channel each convolution outputs."""
+    d_in = positive_int("in_channels", in_channels)
+    d_out = positive_int("out_channels", out_channels)
+    t = real_at_least("expand_ratio", expand_ratio, 1.0)
+    k = positive_int("kernel_size", kernel_size)
+    hidden = round(d_in * t)
+    weights = conv2d_params(hidden, hidden, k, groups=hidden) + conv2d_params(hidden, d_out, 1)
+    bn_channels = hidden + d_out
+    if t != 1:
+        weights += conv2d_params(d_in, hidden, 1)
+        bn_channels += hidden
+    return weights + (2 * bn_channels if batch_norm else 0)
+
+
+def _conv_args(in_channels, out_channels, kernel_size, groups):
+    d_i, d_j, groups = conv_channels(in_channels, out_channels, groups)
+    return d_i, d_j, positive_int("kernel_size", kernel_size), groups

@@ -1,0 +1,109 @@
+import itertools
+
+import pytest
+import torch
+import torchinfo
+from torch import nn
+
+from mbv2 import InvertedResidual, MobileNetV2
+from mbv2.cost import (
+    conv2d_madds,
+    conv2d_params,
+    conv_output_size,
+    depthwise_separable_madds,
+    inverted_residual_madds,
+    inverted_residual_params,
+)
+
+
+def torchinfo_conv_counts(module, input_size):
+    """Parameters and multiply-adds of the Conv2d layers alone, as torchinfo counts them."""
+    stats = torchinfo.summary(module, input_size=input_size, verbose=0)
+    convs = [layer for layer in stats.summary_list if layer.class_name == "Conv2d"]
+    return sum(layer.num_params for layer in convs), sum(layer.macs for layer in convs)
+
+
+SWEEP = [
+    (c_in, c_out, k, depthwise, stride)
+    for c_in, c_out in [(3, 16), (16, 16), (24, 144), (96, 96)]
+    for k, depthwise, stride in itertools.product((1, 3, 5), (False, True), (1, 2))
+    if not depthwise or c_in == c_out
+]
+
+
+@pytest.mark.parametrize("c_in, c_out, k, depthwise, stride", SWEEP)
+def test_conv_counts_agree_with_torchinfo(c_in, c_out, k, depthwise, stride):
+    groups = c_in if depthwise else 1
+    size = 15
+    conv = nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2, groups=groups, bias=False)
+    params, madds = torchinfo_conv_counts(conv, (1, c_in, size, size))
+    out = conv_output_size(size, stride, k)
+    assert conv(torch.zeros(1, c_in, size, size)).shape[-1] == out
+    assert conv2d_params(c_in, c_out, k, groups) == params
+    assert conv2d_madds(c_in, c_out, k, out, out, groups) == madds
+
+
+def test_conv_counts_match_the_paper_formula_and_the_worked_example():
+    h, w, d_i, d_j, k = 7, 5, 32, 64, 3
+    assert conv2d_madds(d_i, d_j, k, h, w) == h * w * d_i * d_j * k * k
+    assert conv2d_madds(d_i, d_i, k, h, w, groups=d_i) == h * w * d_i * k * k
+    # A 5x5 conv from 3 to 16 channels: 1,200 weights; separable: 75 + 48.
+    assert conv2d_params(3, 16, 5) == 1200
+    assert conv2d_params(3, 3, 5, groups=3) + conv2d_params(3, 16, 1) == 75 + 48
+    assert conv2d_params(3, 16, 5, bias=True) == 1216
+
+
+@pytest.mark.parametrize("d_i, d_j, k, stride", [(32, 64, 3, 1), (64, 128, 3, 2), (3, 16, 5, 1)])
+def test_depthwise_separable_is_equation_1_and_matches_torchinfo(d_i, d_j, k, stride):
+    size = 16
+    unit = nn.Sequential(
+        nn.Conv2d(d_i, d_i, k, stride, k // 2, groups=d_i, bias=False),
+        nn.Conv2d(d_i, d_j, 1, bias=False),
+    )
+    _, madds = torchinfo_conv_counts(unit, (1, d_i, size, size))
+    out = conv_output_size(size, stride, k)
+    assert depthwise_separable_madds(d_i, d_j, k, out, out) == madds == out * out * d_i * (k * k + d_j)
+    ratio = conv2d_madds(d_i, d_j, k, out, out) / depthwise_separable_madds(d_i, d_j, k, out, out)
+    assert ratio == pytest.approx(k * k * d_j / (k * k + d_j))
+
+
+@pytest.mark.parametrize("d_in, d_out, t, size, stride", [
+    (16, 16, 6, 14, 1), (24, 32, 6, 28, 2), (32, 16, 1, 112, 1), (64, 96, 4, 15, 2), (8, 8, 1, 9, 2),
+])
+def test_inverted_residual_counts_match_torchinfo(d_in, d_out, t, size, stride):
+    block = InvertedResidual(d_in, d_out, stride, t)
+    params, madds = torchinfo_conv_counts(block, (1, d_in, size, size))
+    assert inverted_residual_madds(d_in, d_out, t, size, size, stride) == madds
+    assert inverted_residual_params(d_in, d_out, t, batch_norm=False) == params
+    assert inverted_residual_params(d_in, d_out, t) == sum(p.numel() for p in block.parameters())
+
+
+def test_inverted_residual_stride_1_is_the_papers_formula():
+    h, w, d1, d2, t, k = 14, 14, 64, 96, 6, 3
+    assert inverted_residual_madds(d1, d2, t, h, w) == h * w * d1 * t * (d1 + k * k + d2)
+
+
+def test_every_block_of_the_network():
+    model = MobileNetV2()
+    size = 112
+    for block in model.blocks():
+        args = (block.in_channels, block.out_channels, block.expand_ratio)
+        params, madds = torchinfo_conv_counts(block, (1, block.in_channels, size, size))
+        assert inverted_residual_madds(*args, size, size, block.stride) == madds
+        assert inverted_residual_params(*args, batch_norm=False) == params
+        size = conv_output_size(size, block.stride)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: conv2d_params(0, 4, 3), "in_channels must be an integer >= 1"),
+    (lambda: conv2d_params(4, 6, 3, groups=4), "groups must divide"),
+    (lambda: conv2d_madds(4, 4, 3, 0, 4), "out_height must be an integer >= 1"),
+    (lambda: depthwise_separable_madds(4, 4, 0, 4, 4), "kernel_size must be an integer >= 1"),
+    (lambda: inverted_residual_madds(4, 4, 0.5, 4, 4), "expand_ratio must be a finite number >= 1"),
+    (lambda: inverted_residual_madds(4, 4, 6, 4, 4, stride=3), "stride must be one of 1, 2"),
+    (lambda: inverted_residual_params(4, -1, 6), "out_channels must be an integer >= 1"),
+    (lambda: conv_output_size(8, 0), "stride must be an integer >= 1"),
+])
+def test_bad_arguments(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
