@@ -46,3 +46,23 @@ def conv_channels(in_channels: object, out_channels: object, groups: object) -> 
             f"for in_channels={in_channels}, out_channels={out_channels}"
         )
     return in_channels, out_channels, groups
+
+
+def image_batch(x: object, min_size: int) -> None:
+    """Check that ``x`` is an (N, 3, H, W) tensor with H and W at least ``min_size``."""
+    import torch
+
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(
+            f"input must be a 4-D tensor (N, 3, H, W), got {x.dim()}-D with shape {tuple(x.shape)}"
+        )
+    if x.shape[1] != 3:
+        raise ValueError(
+            f"input must have 3 channels in dimension 1 (N, 3, H, W), got shape {tuple(x.shape)}"
+        )
+    if min(x.shape[2:]) < min_size:
+        raise ValueError(
+            f"input height and width must be at least {min_size} pixels, got {tuple(x.shape[2:])}"
+        )
