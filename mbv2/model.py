@@ -180,3 +180,58 @@ def _check_stages(stages: Sequence[StageSpec]) -> tuple[StageSpec, ...]:
         one_of(f"stages[{i}].s", s, (1, 2))
         checked.append(StageSpec(t, c, n, s))
     return tuple(checked)
+
+
+class Table2Row(NamedTuple):
+    """One row of Table 2 for a built model: the operator and the size of its input.
+
+    ``input_shape`` is (channels, height, width) of the tensor the row receives;
+    ``t``, ``c``, ``n``, ``s`` are ``None`` where the paper prints a dash or nothing.
+    ``c`` is the model's actual channel count, so it includes the width multiplier.
+    """
+
+    input_shape: tuple[int, int, int]
+    operator: str
+    t: float | None
+    c: int | None
+    n: int | None
+    s: int | None
+
+
+def table_2_rows(model: MobileNetV2, resolution: int = 224) -> list[Table2Row]:
+    """Table 2 of the paper (Section 4) for ``model`` on a square input of side ``resolution``.
+
+    The rows are read from the model: the stem, one row per stage of ``model.stage_specs``
+    (t, n and s as given, c after the width multiplier), the 1x1 head, the global average
+    pooling and the classifier, which the paper writes as a 1x1 convolution with k
+    outputs. The input sizes are computed, not traced: every 3x3 convolution pads by 1,
+    so a stride-s layer maps a side of h pixels to ceil(h / s).
+    """
+    if not isinstance(model, MobileNetV2):
+        raise TypeError(f"model must be an mbv2.MobileNetV2, got {type(model).__name__}")
+    h = _check_resolution(model, resolution)
+    c_in = model.stem.conv.out_channels
+    rows = [Table2Row((3, h, h), "conv2d 3×3", None, c_in, 1, STEM_STRIDE)]
+    h = -(-h // STEM_STRIDE)  # ceil(h / s)
+    for spec, stage in zip(model.stage_specs, model.stages):
+        c_out = stage[-1].out_channels
+        rows.append(Table2Row((c_in, h, h), "bottleneck", spec.t, c_out, spec.n, spec.s))
+        c_in, h = c_out, -(-h // spec.s)
+    last = model.last_channels
+    rows += [
+        Table2Row((c_in, h, h), "conv2d 1×1", None, last, 1, 1),
+        Table2Row((last, h, h), f"avgpool {h}×{h}", None, None, 1, None),
+        Table2Row((last, 1, 1), "conv2d 1×1", None, model.num_classes, None, None),
+    ]
+    return rows
+
+
+def _check_resolution(model: MobileNetV2, resolution: object) -> int:
+    """``resolution`` if it is an integer side the model can take, else a ValueError."""
+    resolution = positive_int("resolution", resolution)
+    if resolution < model.min_input_size:
+        raise ValueError(
+            f"resolution must be at least {model.min_input_size} pixels for this model, "
+            f"got {resolution}"
+        )
+    return resolution
