@@ -12,7 +12,7 @@ from ._checks import positive_int
 
 
 def median_seconds(
-    module: nn.Module, x: torch.Tensor, *, repeats: int = 30, warmup: int = 3, num_threads: int = 1
+    module: nn.Module, x: torch.Tensor, *, repeats: int = 30, warmup: int = 5, num_threads: int = 1
 ) -> float:
     """The median wall time of one call ``module(x)``, in seconds.
 
