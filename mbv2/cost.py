@@ -151,48 +151,52 @@ class CostRow(NamedTuple):
 
 
 def cost_table(model: MobileNetV2, resolution: int = 224) -> list[CostRow]:
-    """Parameters and multiply-adds of every part of ``model`` for one square image.
+    """Parameters and multiply-adds of each part of ``model`` for one image.
 
-    One row for the stem, one per inverted residual block (:func:`inverted_residual_madds`,
-    :func:`inverted_residual_params`), one for the head, the pooling and the classifier,
-    in the order the input meets them. Each is computed from the module's channel counts,
-    kernel size and stride with the formulas of this module; the spatial size is carried
-    from row to row with :func:`conv_output_size`. Batch norm adds 2 parameters per
-    channel (scale and shift) and no multiply-adds; see the module docstring for the
-    convention. ``resolution`` is the side of the input in pixels, at least
-    ``model.min_input_size``.
+    One row for the stem, one per inverted residual block, one each for the
+    head, the pooling and the classifier, in the order the input meets them.
+    Each row applies the formulas of this module (:func:`conv2d_params`,
+    :func:`conv2d_madds`, :func:`inverted_residual_params`,
+    :func:`inverted_residual_madds`) to the module's own channel counts,
+    kernel size and stride; the spatial size is carried from row to row with
+    :func:`conv_output_size`. Batch norm adds 2 parameters per channel (scale
+    and shift) and no multiply-adds; the classifier is counted as the 1x1
+    convolution on the pooled 1x1 map that it is. ``resolution`` is the side
+    of the square input in pixels, at least ``model.min_input_size``.
     """
     if not isinstance(model, MobileNetV2):
-        raise TypeError(f"model must be an mbv2.MobileNetV2, got {type(model).__name__}")
+        raise TypeError(
+            f"model must be an mbv2.MobileNetV2, got {type(model).__name__}")
     size = _check_resolution(model, resolution)
     rows = []
 
     def conv_bn_row(name: str, layer: ConvBNAct) -> None:
         nonlocal size
         conv = layer.conv
-        k, stride = conv.kernel_size[0], conv.stride[0]
-        size = conv_output_size(size, stride, k)
         d_i, d_j, groups = conv.in_channels, conv.out_channels, conv.groups
-        params = conv2d_params(d_i, d_j, k, groups) + 2 * layer.bn.num_features
+        k = conv.kernel_size[0]
+        size = conv_output_size(size, conv.stride[0], k)
+        params = conv2d_params(d_i, d_j, k, groups) + 2 * d_j  # + BN
         madds = conv2d_madds(d_i, d_j, k, size, size, groups)
         rows.append(CostRow(name, (d_j, size, size), params, madds))
 
     conv_bn_row("stem", model.stem)
     for s, stage in enumerate(model.stages):
         for b, block in enumerate(stage):
-            args = (block.in_channels, block.out_channels, block.expand_ratio)
-            madds = inverted_residual_madds(*args, size, size, block.stride)
-            size = conv_output_size(size, block.stride)
-            params = inverted_residual_params(*args)
-            shape = (block.out_channels, size, size)
+            d_i, d_j = block.in_channels, block.out_channels
+            t, stride = block.expand_ratio, block.stride
+            madds = inverted_residual_madds(d_i, d_j, t, size, size, stride)
+            size = conv_output_size(size, stride)
+            params = inverted_residual_params(d_i, d_j, t)
+            shape = (d_j, size, size)
             rows.append(CostRow(f"stages.{s}.{b}", shape, params, madds))
     conv_bn_row("head", model.head)
     rows.append(CostRow("pool", (model.last_channels, 1, 1), 0, 0))
     linear = model.classifier.linear
     d_i, k = linear.in_features, linear.out_features
-    # A linear layer is a 1x1 convolution on the 1x1 pooled map.
     params = conv2d_params(d_i, k, 1, bias=True)
-    rows.append(CostRow("classifier", (k,), params, conv2d_madds(d_i, k, 1, 1, 1)))
+    madds = conv2d_madds(d_i, k, 1, 1, 1)
+    rows.append(CostRow("classifier", (k,), params, madds))
     return rows
 
 
