@@ -13,7 +13,9 @@ from .model import (
     STEM_STRIDE,
     MobileNetV2,
     StageSpec,
+    Table2Row,
     make_divisible,
+    table_2_rows,
 )
 from .torchvision_compat import load_torchvision_weights, torchvision_key_map
 from .tables import markdown_table, paper_shape
@@ -30,10 +32,12 @@ __all__ = [
     "STEM_STRIDE",
     "ShapeRecord",
     "StageSpec",
+    "Table2Row",
     "load_torchvision_weights",
     "make_divisible",
     "markdown_table",
     "paper_shape",
+    "table_2_rows",
     "torchvision_key_map",
     "trace_shapes",
 ]

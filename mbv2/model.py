@@ -9,7 +9,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
-from ._checks import one_of, positive_int, real_at_least
+from ._checks import image_batch, one_of, positive_int, real_at_least
 from .layers import Activation, ConvBNAct, InvertedResidual
 
 
@@ -141,24 +141,8 @@ class MobileNetV2(nn.Module):
         return [block for stage in self.stages for block in stage]
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise a ``ValueError`` that says what is wrong if ``x`` cannot go through the model."""
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 4:
-            raise ValueError(
-                f"input must be a 4-D tensor (N, 3, H, W), got {x.dim()}-D with shape "
-                f"{tuple(x.shape)}"
-            )
-        if x.shape[1] != 3:
-            raise ValueError(
-                f"input must have 3 channels in dimension 1 (N, 3, H, W), got shape "
-                f"{tuple(x.shape)}"
-            )
-        if min(x.shape[2:]) < self.min_input_size:
-            raise ValueError(
-                f"input height and width must be at least {self.min_input_size} pixels, "
-                f"got {tuple(x.shape[2:])}"
-            )
+        """Raise an error that says what is wrong if ``x`` cannot go through the model."""
+        image_batch(x, self.min_input_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
