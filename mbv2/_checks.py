@@ -13,6 +13,13 @@ def positive_int(name: str, value: object) -> int:
     return int(value)
 
 
+def non_negative_int(name: str, value: object) -> int:
+    """Return ``value`` if it is an integer >= 0 (a seed, for instance), else raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
 def real_at_least(name: str, value: object, minimum: float, *, strict: bool = False) -> float:
     """Return ``value`` as a float if it is a finite number >= ``minimum`` (> if ``strict``)."""
     ok = (
