@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ._checks import conv_channels, one_of, positive_int, real_at_least
-from .layers import ConvBNAct
+from .layers import ConvBNAct, conv_output_size
 from .model import MobileNetV2, _check_resolution
 
 
@@ -57,14 +57,6 @@ def depthwise_separable_madds(
     h = positive_int("out_height", out_height)
     w = positive_int("out_width", out_width)
     return h * w * d_i * (k * k + d_j)
-
-
-def conv_output_size(size: int, stride: int, kernel_size: int = 3) -> int:
-    """Output side of a k x k convolution with 'same' padding (k // 2): ceil(size / stride)."""
-    size = positive_int("size", size)
-    stride = positive_int("stride", stride)
-    kernel_size = positive_int("kernel_size", kernel_size)
-    return (size + 2 * (kernel_size // 2) - kernel_size) // stride + 1
 
 
 def inverted_residual_madds(

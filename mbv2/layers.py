@@ -21,6 +21,15 @@ from ._checks import conv_channels, one_of, positive_int, real_at_least
 Activation = Optional[Callable[[], nn.Module]]
 
 
+def conv_output_size(size: int, stride: int, kernel_size: int = 3) -> int:
+    """Output side of a k x k convolution with :class:`ConvBNAct`'s padding (k // 2):
+    ceil(size / stride) for odd k."""
+    size = positive_int("size", size)
+    stride = positive_int("stride", stride)
+    kernel_size = positive_int("kernel_size", kernel_size)
+    return (size + 2 * (kernel_size // 2) - kernel_size) // stride + 1
+
+
 class ConvBNAct(nn.Sequential):
     """Convolution (no bias) -> batch norm -> activation, with 'same' padding.
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ._checks import image_batch, one_of, positive_int, real_at_least
-from .layers import Activation, ConvBNAct, InvertedResidual
+from .layers import Activation, ConvBNAct, InvertedResidual, conv_output_size
 
 
 class StageSpec(NamedTuple):
@@ -196,11 +196,11 @@ def table_2_rows(model: MobileNetV2, resolution: int = 224) -> list[Table2Row]:
     h = _check_resolution(model, resolution)
     c_in = model.stem.conv.out_channels
     rows = [Table2Row((3, h, h), "conv2d 3×3", None, c_in, 1, STEM_STRIDE)]
-    h = -(-h // STEM_STRIDE)  # ceil(h / s)
+    h = conv_output_size(h, STEM_STRIDE)
     for spec, stage in zip(model.stage_specs, model.stages):
         c_out = stage[-1].out_channels
         rows.append(Table2Row((c_in, h, h), "bottleneck", spec.t, c_out, spec.n, spec.s))
-        c_in, h = c_out, -(-h // spec.s)
+        c_in, h = c_out, conv_output_size(h, spec.s)
     last = model.last_channels
     rows += [
         Table2Row((c_in, h, h), "conv2d 1×1", None, last, 1, 1),
