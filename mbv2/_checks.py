@@ -56,9 +56,16 @@ def conv_channels(in_channels: object, out_channels: object, groups: object) -> 
 
 
 def image_batch(x: object, min_size: int) -> None:
-    """Check that ``x`` is an (N, 3, H, W) tensor with H and W at least ``min_size``."""
+    """Check that ``x`` is an (N, 3, H, W) tensor with H and W at least ``min_size``.
+
+    A ``torch.fx.Proxy`` (the stand-in for a tensor while ``torch.fx.symbolic_trace``
+    records a model) has no shape yet and passes unchecked, so that the models stay
+    traceable; the traced graph then runs without the check.
+    """
     import torch
 
+    if isinstance(x, torch.fx.Proxy):
+        return
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4:

@@ -140,12 +140,14 @@ class MobileNetV2(nn.Module):
         """The inverted residual blocks, in order (17 for Table 2)."""
         return [block for stage in self.stages for block in stage]
 
+    @torch.jit.unused
     def check_input(self, x: torch.Tensor) -> None:
         """Raise an error that says what is wrong if ``x`` cannot go through the model."""
         image_batch(x, self.min_input_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
+        if not torch.jit.is_scripting():
+            self.check_input(x)
         x = self.head(self.stages(self.stem(x)))
         return self.classifier(torch.flatten(self.pool(x), 1))
 

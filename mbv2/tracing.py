@@ -32,11 +32,8 @@ def trace_shapes(
     without gradients (so batch-norm statistics are not touched) and is put back in the
     mode it was in.
     """
-    modules = dict(model.named_modules())
     names = [name for name, _ in model.named_children()] if names is None else list(names)
-    unknown = [name for name in names if name not in modules]
-    if unknown:
-        raise ValueError(f"names must be submodules of model; not found: {', '.join(unknown)}")
+    modules = _submodules(model, names)
 
     records: list[ShapeRecord] = []
 
@@ -59,3 +56,43 @@ def trace_shapes(
         for handle in handles:
             handle.remove()
     return records
+
+
+def capture(
+    model: nn.Module, x: torch.Tensor, names: Iterable[str]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Run ``model(x)`` once and keep the outputs of the submodules ``names``.
+
+    Returns ``(output, outputs)``: the model's output and a dict from each name to the
+    output tensor of that submodule (of its last call, if it runs more than once). Like
+    :func:`trace_shapes`, it runs in eval mode without gradients and restores the mode.
+    """
+    names = list(names)
+    modules = _submodules(model, names)
+    outputs: dict[str, torch.Tensor] = {}
+
+    def hook_for(name: str):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            outputs[name] = output
+
+        return hook
+
+    handles = [modules[name].register_forward_hook(hook_for(name)) for name in names]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            output = model(x)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return output, {name: outputs[name] for name in names if name in outputs}
+
+
+def _submodules(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
+    modules = dict(model.named_modules())
+    unknown = [name for name in names if name not in modules]
+    if unknown:
+        raise ValueError(f"names must be submodules of model; not found: {', '.join(unknown)}")
+    return modules

@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch import nn
 
+import mbv2
 from mbv2 import InvertedResidual, markdown_table, paper_shape, trace_shapes
 
 
@@ -41,3 +42,20 @@ def test_paper_shape():
     assert paper_shape((1000,)) == "1000"
     with pytest.raises(ValueError, match=r"shape must be \(C,\) or \(C, H, W\), got \(1, 2\)"):
         paper_shape((1, 2))
+
+
+def test_capture_returns_the_submodule_outputs_and_the_model_output():
+    model = mbv2.MobileNetV2().train()
+    x = torch.randn(2, 3, 64, 64)
+    output, outputs = mbv2.capture(model, x, ["stem", "stages.1.0.depthwise", "head"])
+    assert model.training  # the mode is restored
+    assert list(outputs) == ["stem", "stages.1.0.depthwise", "head"]
+    assert outputs["stem"].shape == (2, 32, 32, 32)
+    assert outputs["stages.1.0.depthwise"].shape == (2, 96, 16, 16)
+    with torch.no_grad():
+        model.eval()
+        assert torch.equal(output, model(x))
+        assert torch.equal(outputs["stem"], model.stem(x))
+        assert torch.equal(outputs["head"], model.head(model.stages(model.stem(x))))
+    with pytest.raises(ValueError, match="not found: nope"):
+        mbv2.capture(model, x, ["nope"])
