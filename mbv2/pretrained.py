@@ -182,7 +182,8 @@ def image_tensor(image: object, name: str = "image") -> torch.Tensor:
             raise ValueError(f"{name} must be an RGB image array (H, W, 3), got shape {image.shape}")
         if image.dtype != np.uint8:
             raise ValueError(f"{name} must be a uint8 array (values 0-255), got dtype {image.dtype}")
-        return torch.tensor(image).permute(2, 0, 1)  # a copy: the array may be read-only
+        # A copy: the array may be read-only or a view with negative strides (a flip).
+        return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover - PIL comes with torchvision

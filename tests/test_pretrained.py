@@ -111,6 +111,12 @@ def test_preprocess_resizes_crops_and_normalises():
     pil = pretrained.preprocess(Image.fromarray(image))
     tensor = pretrained.preprocess(torch.from_numpy(image).permute(2, 0, 1))
     assert torch.equal(x, pil) and torch.equal(x, tensor)
+    # A flipped view (negative strides) and a read-only array are taken as they are.
+    flipped = pretrained.preprocess(image[:, ::-1])
+    assert torch.equal(flipped, pretrained.preprocess(np.ascontiguousarray(image[:, ::-1])))
+    frozen = image.copy()
+    frozen.flags.writeable = False
+    assert torch.equal(pretrained.preprocess(frozen), x)
 
 
 @pytest.mark.parametrize(
