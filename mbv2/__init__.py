@@ -20,7 +20,7 @@ from .model import (
 from .torchvision_compat import load_torchvision_weights, torchvision_key_map
 from .tables import markdown_table, paper_shape
 from .pretrained import load_pretrained
-from .tracing import ShapeRecord, capture, trace_shapes
+from .tracing import ShapeRecord, capture, run_with_hooks, trace_shapes
 
 __all__ = [
     "ConvBNAct",
@@ -40,6 +40,7 @@ __all__ = [
     "make_divisible",
     "markdown_table",
     "paper_shape",
+    "run_with_hooks",
     "table_2_rows",
     "torchvision_key_map",
     "trace_shapes",

@@ -36,6 +36,7 @@ from torch import nn
 from ._checks import positive_int
 from .layers import InvertedResidual
 from .model import MobileNetV2
+from .tracing import run_with_hooks
 
 #: Where ReLU6 saturates: an expanded channel at this value is at the cap.
 RELU6_CAP = 6.0
@@ -166,27 +167,13 @@ def activation_patterns(
 
         return hook
 
-    handles = []
+    hooks = []
     for layer, (name, block) in enumerate(blocks):
         prefix = f"{name}." if name else ""
         if not isinstance(block.expansion, nn.Identity):
-            handles.append(block.expansion.register_forward_hook(
-                expansion_hook(layer, prefix + "expansion", block)))
-        handles.append(block.projection.register_forward_hook(
-            projection_hook(layer, prefix + "projection")))
-    was_training = model.training
-    try:
-        model.eval()
-        if batch_statistics:
-            for module in model.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.train()
-        with torch.no_grad():
-            output = model(batch)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+            hooks.append((block.expansion, expansion_hook(layer, prefix + "expansion", block)))
+        hooks.append((block.projection, projection_hook(layer, prefix + "projection")))
+    output = run_with_hooks(model, batch, hooks, batch_statistics=batch_statistics)
     return ActivationPatterns(
         output,
         [expansion[k] for k in sorted(expansion)],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple, Optional
+from typing import Callable, Iterable, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -45,16 +45,7 @@ def trace_shapes(
 
         return hook
 
-    handles = [modules[name].register_forward_hook(hook_for(name)) for name in names]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(x)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    run_with_hooks(model, x, [(modules[name], hook_for(name)) for name in names])
     return records
 
 
@@ -77,17 +68,44 @@ def capture(
 
         return hook
 
-    handles = [modules[name].register_forward_hook(hook_for(name)) for name in names]
-    was_training = model.training
+    output = run_with_hooks(model, x, [(modules[name], hook_for(name)) for name in names])
+    return output, {name: outputs[name] for name in names if name in outputs}
+
+
+def run_with_hooks(
+    model: nn.Module,
+    x: torch.Tensor,
+    hooks: Iterable[tuple[nn.Module, Callable]],
+    *,
+    batch_statistics: bool = False,
+) -> torch.Tensor:
+    """Run ``model(x)`` once with forward hooks attached, and return its output.
+
+    ``hooks`` are ``(submodule, hook)`` pairs, each hook called as
+    ``hook(module, inputs, output)`` (PyTorch's forward hooks; one that returns a tensor
+    replaces the output). The model runs without gradients in eval mode, or with
+    ``batch_statistics=True`` in eval mode except its batch-norm layers, which then
+    normalise with the statistics of ``x`` as in training (and update their running
+    statistics: use a copy to keep them). Afterwards the hooks are removed and every
+    module is put back in the mode it was in.
+    """
+    if not isinstance(batch_statistics, bool):
+        raise TypeError(f"batch_statistics must be True or False, got {batch_statistics!r}")
+    modes = {module: module.training for module in model.modules()}
+    handles = [module.register_forward_hook(hook) for module, hook in hooks]
     try:
         model.eval()
+        if batch_statistics:
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.train()
         with torch.no_grad():
-            output = model(x)
+            return model(x)
     finally:
-        model.train(was_training)
+        for module, training in modes.items():
+            module.training = training
         for handle in handles:
             handle.remove()
-    return output, {name: outputs[name] for name in names if name in outputs}
 
 
 def _submodules(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:

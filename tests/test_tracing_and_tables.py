@@ -59,3 +59,24 @@ def test_capture_returns_the_submodule_outputs_and_the_model_output():
         assert torch.equal(outputs["head"], model.head(model.stages(model.stem(x))))
     with pytest.raises(ValueError, match="not found: nope"):
         mbv2.capture(model, x, ["nope"])
+
+
+def test_run_with_hooks_uses_batch_statistics_only_when_asked_and_restores_modes():
+    model = mbv2.MobileNetV2()
+    model.stem.bn.running_mean.fill_(5.0)  # statistics far from those of any batch
+    model.train()
+    model.head.eval()  # a mixed state, restored module by module
+    x = torch.randn(4, 3, 32, 32)
+    seen = {}
+
+    def hook(module, inputs, output):
+        seen["mean"] = output.mean(dim=(0, 2, 3))
+
+    mbv2.run_with_hooks(model, x, [(model.stem.bn, hook)])
+    assert seen["mean"].max() < -1  # the running mean of 5 was subtracted
+    mbv2.run_with_hooks(model, x, [(model.stem.bn, hook)], batch_statistics=True)
+    torch.testing.assert_close(seen["mean"], model.stem.bn.bias.detach(), atol=1e-5, rtol=0)
+    assert model.training and not model.head.training and model.stem.training
+    assert not model.stem.bn._forward_hooks  # removed
+    with pytest.raises(TypeError, match="batch_statistics"):
+        mbv2.run_with_hooks(model, x, [], batch_statistics="yes")
