@@ -36,6 +36,8 @@ class History:
     @property
     def final_test_accuracy(self) -> float:
         """The test accuracy after the last epoch."""
+        if not self.test_accuracy:
+            raise ValueError("there is no test accuracy: fit ran with test=None")
         return self.test_accuracy[-1]
 
 
@@ -76,7 +78,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: 
 def fit(
     model: nn.Module,
     train: tuple[torch.Tensor, torch.Tensor],
-    test: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor] | None,
     *,
     epochs: int,
     batch_size: int = 64,
@@ -86,6 +88,9 @@ def fit(
     progress: bool = True,
 ) -> History:
     """Train ``model`` in place on ``train`` = (images, labels) and test it on ``test``.
+
+    ``test`` is a pair (images, labels) evaluated after every epoch, or ``None`` to skip
+    the evaluation (``history.test_accuracy`` then stays empty).
 
     SGD with Nesterov momentum 0.9 and ``weight_decay`` (4e-5, the paper's value), the
     learning rate following a one-cycle schedule that peaks at ``lr``; cross-entropy
@@ -103,7 +108,10 @@ def fit(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     x_train, y_train = _check_pair("train", *train)
-    x_test, y_test = _check_pair("test", *test)
+    if test is not None:
+        if not isinstance(test, (tuple, list)) or len(test) != 2:
+            raise TypeError("test must be a pair of tensors (images, labels) or None")
+        x_test, y_test = _check_pair("test", *test)
     epochs = positive_int("epochs", epochs)
     batch_size = positive_int("batch_size", batch_size)
     if batch_size > len(x_train):
@@ -148,6 +156,7 @@ def fit(
                 history.step_loss.append(loss.item())
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", refresh=False)
                 bar.update()
-            history.test_accuracy.append(accuracy(model, x_test, y_test))
+            if test is not None:
+                history.test_accuracy.append(accuracy(model, x_test, y_test))
     history.seconds = time.perf_counter() - start
     return history
