@@ -27,7 +27,7 @@ test: $(STAMP)
 	cp -r _config.yml _toc.yml index.md references.bib chapters mbv2 $(TESTED)/
 	sed -i 's/^  execute_notebooks: force$$/  execute_notebooks: "off"/' $(TESTED)/_config.yml
 	grep -q 'execute_notebooks: "off"' $(TESTED)/_config.yml
-	$(BIN)/python -m pytest --nbmake --nbmake-timeout=300 --overwrite $(TESTED)/chapters
+	$(BIN)/python -m pytest --nbmake --nbmake-timeout=300 --durations=0 --overwrite $(TESTED)/chapters
 	$(BIN)/jupyter-book build --all -W -n --keep-going $(TESTED)
 	@echo "The tested book is in $(TESTED)/_build/html."
 
