@@ -36,6 +36,7 @@ from torch import nn
 from ._checks import positive_int
 from .layers import InvertedResidual
 from .model import MobileNetV2
+from .pretrained import top_k_kept
 from .tracing import run_with_hooks
 
 #: Where ReLU6 saturates: an expanded channel at this value is at the cap.
@@ -267,7 +268,7 @@ def prediction_shift(before: torch.Tensor, after: torch.Tensor, *, k: int = 5) -
         raise ValueError(f"k must be at most the number of classes, {before.shape[1]}, got {k}")
     p, q = before.double(), after.double()
     top_before, top_after = p.topk(k, dim=1).indices, q.topk(k, dim=1).indices
-    kept = (top_before[:, :, None] == top_after[:, None, :]).any(dim=2).sum(dim=1)
+    kept = top_k_kept(p, q, k)
     tiny = torch.finfo(torch.float64).tiny
     kl = (torch.xlogy(p, p) - p * q.clamp_min(tiny).log()).sum(dim=1)
     first = top_before[:, 0]

@@ -267,3 +267,26 @@ def top_k(probabilities: torch.Tensor, k: int = 5) -> list[list[Prediction]]:
         [Prediction(i, names[i], p) for i, p in zip(row_i.tolist(), row_p.tolist())]
         for row_i, row_p in zip(indices, values)
     ]
+
+
+def top_k_kept(reference: torch.Tensor, other: torch.Tensor, k: int = 5) -> torch.Tensor:
+    """For each row, how many of the ``k`` top classes of ``reference`` are among the ``k``
+    top classes of ``other`` (an int64 ``(N,)`` tensor, values 0 to ``k``, order not counted).
+
+    ``reference`` and ``other`` are scores of the same shape ``(N, classes)``: logits or
+    probabilities (the top-k sets are the same for both); ``k`` is at most the number of
+    classes.
+    """
+    for name, scores in (("reference", reference), ("other", other)):
+        if not isinstance(scores, torch.Tensor) or scores.dim() != 2:
+            shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+            raise ValueError(f"{name} must be an (N, classes) tensor, got {shape}")
+    if reference.shape != other.shape:
+        raise ValueError(f"reference and other must have the same shape, got "
+                         f"{tuple(reference.shape)} and {tuple(other.shape)}")
+    k = positive_int("k", k)
+    if k > reference.shape[1]:
+        raise ValueError(f"k must be at most the number of classes, {reference.shape[1]}, got {k}")
+    top_reference = reference.topk(k, dim=1).indices
+    top_other = other.topk(k, dim=1).indices
+    return (top_reference[:, :, None] == top_other[:, None, :]).any(dim=2).sum(dim=1)

@@ -52,7 +52,8 @@ import torch
 from torch import nn
 
 from ._checks import one_of, positive_int, real_at_least
-from .tracing import capture
+from .pretrained import top_k_kept
+from .tracing import _submodules, capture, run_with_hooks
 
 MAX_BITS = 16
 
@@ -75,7 +76,7 @@ def fake_quantize(
     _check_tensor("x", x)
     high = real_at_least("high", high, 0.0, strict=True)
     bits = _check_bits(bits, minimum=1)
-    top = 2**bits - 1
+    top = _top_level(bits, signed=False)
     step = high / top
     # Round, then clamp the level: the same result as clamping x first,
     # in fewer passes over the tensor.
@@ -103,7 +104,7 @@ def fake_quantize_signed(
     _check_tensor("x", x)
     bound = real_at_least("bound", bound, 0.0, strict=True)
     bits = _check_bits(bits, minimum=2)
-    top = 2 ** (bits - 1) - 1
+    top = _top_level(bits, signed=True)
     step = bound / top
     return (x / step).round_().clamp_(-top, top).mul_(step)
 
@@ -166,8 +167,7 @@ class Quantizer:
     @property
     def step(self) -> float:
         """The distance between two neighbouring levels."""
-        top = 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
-        return self.high / top
+        return self.high / _top_level(self.bits, self.signed)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.signed:
@@ -286,10 +286,7 @@ def quantized_outputs(
     if not isinstance(quantizers, Mapping):
         raise TypeError(f"quantizers must be a mapping from submodule names to quantizers, "
                         f"got {type(quantizers).__name__}")
-    modules = dict(model.named_modules())
-    unknown = [name for name in quantizers if name not in modules]
-    if unknown:
-        raise ValueError(f"quantizers must name submodules of model; not found: {', '.join(map(str, unknown))}")
+    modules = _submodules(model, quantizers, "quantizers must name submodules of model")
     for name, quantizer in quantizers.items():
         if not callable(quantizer):
             raise TypeError(f"quantizers[{name!r}] must be callable (a Quantizer), got {type(quantizer).__name__}")
@@ -336,16 +333,10 @@ def quantized_forward(
                         f"got {type(input_quantizer).__name__}")
     batch_size = positive_int("batch_size", batch_size)
     with quantized_outputs(model, quantizers):
-        was_training = model.training
-        try:
-            model.eval()
-            with torch.no_grad():
-                return torch.cat([
-                    model(batch if input_quantizer is None else input_quantizer(batch))
-                    for batch in x.split(batch_size)
-                ])
-        finally:
-            model.train(was_training)
+        return torch.cat([
+            run_with_hooks(model, batch if input_quantizer is None else input_quantizer(batch), [])
+            for batch in x.split(batch_size)
+        ])
 
 
 def layer_statistics(
@@ -414,9 +405,7 @@ def compare_logits(
         raise ValueError(f"k must be at most the number of classes, {reference.shape[1]}, got {k}")
     errors = relative_errors(reference, approximation).numpy()
     top1 = (reference.argmax(dim=1) == approximation.argmax(dim=1)).numpy()
-    ref_top = reference.topk(k, dim=1).indices
-    app_top = approximation.topk(k, dim=1).indices
-    overlap = (ref_top.unsqueeze(2) == app_top.unsqueeze(1)).any(dim=2).sum(dim=1).numpy()
+    overlap = top_k_kept(reference, approximation, k).numpy()
     return errors, top1, overlap
 
 
@@ -471,6 +460,12 @@ def _check_tensor(name: str, value: object) -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if not value.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+
+
+def _top_level(bits: int, signed: bool) -> int:
+    """The largest integer level: 2**bits - 1 unsigned (0 ... 255 for 8 bits), 2**(bits-1) - 1
+    signed (-127 ... 127)."""
+    return 2 ** (bits - 1) - 1 if signed else 2**bits - 1
 
 
 def _check_bits(bits: object, minimum: int) -> int:

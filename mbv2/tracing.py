@@ -108,9 +108,13 @@ def run_with_hooks(
             handle.remove()
 
 
-def _submodules(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
+def _submodules(
+    model: nn.Module, names: Iterable[str], requirement: str = "names must be submodules of model"
+) -> dict[str, nn.Module]:
+    """``model``'s submodules by name, after checking that each of ``names`` is one;
+    the error for an unknown name starts with ``requirement``."""
     modules = dict(model.named_modules())
-    unknown = [name for name in names if name not in modules]
+    unknown = [str(name) for name in names if name not in modules]
     if unknown:
-        raise ValueError(f"names must be submodules of model; not found: {', '.join(unknown)}")
+        raise ValueError(f"{requirement}; not found: {', '.join(unknown)}")
     return modules

@@ -198,3 +198,18 @@ def test_importing_mbv2_imports_neither_torchvision_nor_the_photo_packages():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_top_k_kept_counts_the_shared_classes_whatever_their_order():
+    reference = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0, 5.0]])
+    other = torch.tensor([[4.0, 5.0, 0.0, 0.0, 3.0], [5.0, 4.0, 3.0, 2.0, 1.0]])
+    # Row 0: top-3 {0, 1, 2} against {1, 0, 4}: 2 shared. Row 1: {4, 3, 2} against {0, 1, 2}: 1.
+    assert pretrained.top_k_kept(reference, other, k=3).tolist() == [2, 1]
+    assert pretrained.top_k_kept(reference, other.softmax(dim=1), k=3).tolist() == [2, 1]
+    assert pretrained.top_k_kept(reference, reference, k=5).tolist() == [5, 5]
+    with pytest.raises(ValueError, match="k must be at most"):
+        pretrained.top_k_kept(reference, other, k=6)
+    with pytest.raises(ValueError, match="same shape"):
+        pretrained.top_k_kept(reference, other[:1], k=2)
+    with pytest.raises(ValueError, match="other must be an"):
+        pretrained.top_k_kept(reference, other[0], k=2)
