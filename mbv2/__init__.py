@@ -4,7 +4,7 @@ Imports only torch and numpy. The names follow the paper: t, c, n, s for the row
 Table 2; expansion, depthwise and projection for the three layers of a block.
 """
 
-from . import cost, data, manifold, photos, pretrained, train
+from . import benchmark, cost, data, manifold, metrics, mobilenet_v1, photos, pretrained, quantization, train
 from .layers import ConvBNAct, DepthwiseSeparableConv, InvertedResidual
 from .model import (
     LAST_CHANNELS,
@@ -16,9 +16,10 @@ from .model import (
     Table2Row,
     make_divisible,
     table_2_rows,
+    with_t1_expansion,
 )
-from .torchvision_compat import load_torchvision_weights, torchvision_key_map
-from .tables import markdown_table, paper_shape
+from .torchvision_compat import load_torchvision_weights, torchvision_difference, torchvision_key_map
+from .tables import layer_summary, markdown_table, paper_shape
 from .pretrained import load_pretrained
 from .tracing import ShapeRecord, capture, run_with_hooks, trace_shapes
 
@@ -35,6 +36,7 @@ __all__ = [
     "StageSpec",
     "Table2Row",
     "capture",
+    "layer_summary",
     "load_pretrained",
     "load_torchvision_weights",
     "make_divisible",
@@ -42,7 +44,9 @@ __all__ = [
     "paper_shape",
     "run_with_hooks",
     "table_2_rows",
+    "torchvision_difference",
     "torchvision_key_map",
     "trace_shapes",
+    "with_t1_expansion",
 ]
 __version__ = "0.1.0"

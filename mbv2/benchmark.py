@@ -1,44 +1,182 @@
-"""Wall-clock timing of a module on the CPU, for the chapters that compare speed."""
+"""Wall-clock timing on the CPU that a busy machine cannot turn into a wrong sentence.
+
+Timings on a shared machine are noisy: another process can stall one call for a second.
+:func:`compare` therefore times several variants *interleaved*: in each of ``rounds``
+rounds every variant runs ``calls`` times (after an untimed warm-up), in an order that
+rotates from round to round, and the round's median is kept. A variant's time is the
+median of its round medians; a ratio between two variants is the median of the
+*per-round* ratios, so a slow spell that hits one round hits both variants of that round.
+The spread (lowest and highest per-round value) comes with every number, and
+:meth:`Timings.ratio` raises :class:`NoisyTimingError` when the spread is too wide for the
+ratio to mean anything, so that a glitch stops the build instead of printing nonsense.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import platform
 import statistics
 import time
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from ._checks import positive_int
+from ._checks import positive_int, real_at_least
 
 
-def median_seconds(
-    module: nn.Module, x: torch.Tensor, *, repeats: int = 30, warmup: int = 5, num_threads: int = 1
-) -> float:
-    """The median wall time of one call ``module(x)``, in seconds.
+class NoisyTimingError(RuntimeError):
+    """The per-round values disagree too much for a timing to be reported."""
 
-    The module runs in eval mode without gradients, ``warmup`` times untimed and then
-    ``repeats`` times, each call timed on its own; the median ignores the occasional slow
-    call on a shared machine. ``num_threads`` fixes the number of CPU threads for the
-    measurement (and is restored afterwards) so that runs are comparable.
+
+class Spread(NamedTuple):
+    """A median with the lowest and highest of the per-round values it summarises."""
+
+    median: float
+    low: float
+    high: float
+
+    @property
+    def relative_range(self) -> float:
+        """``(high - low) / median``: 0 for perfectly repeatable rounds."""
+        return (self.high - self.low) / self.median if self.median else float("inf")
+
+
+class Timings:
+    """The per-round medians of interleaved variants, with the conditions they ran under."""
+
+    def __init__(self, rounds: Mapping[str, list[float]], *, calls: int, warmup: int, num_threads: int):
+        self.rounds = {name: list(values) for name, values in rounds.items()}
+        self.calls, self.warmup, self.num_threads = calls, warmup, num_threads
+        self.versions = {"torch": torch.__version__, "python": platform.python_version()}
+        self.machine = platform.processor() or platform.machine()
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.rounds)
+
+    def seconds(self, name: str) -> Spread:
+        """The median over rounds of one variant's per-round median time, in seconds."""
+        values = self.rounds[self._check_name(name)]
+        return Spread(statistics.median(values), min(values), max(values))
+
+    def ratio(self, numerator: str, denominator: str, *, max_relative_range: float = 0.5) -> Spread:
+        """How many times as long ``numerator`` takes as ``denominator``, round by round.
+
+        Raises :class:`NoisyTimingError` when the per-round ratios range over more than
+        ``max_relative_range`` times their median (the default, 0.5, allows 1.2 to 1.7
+        around a median of 1.4, but not 1.0 to 2.0).
+        """
+        max_relative_range = real_at_least("max_relative_range", max_relative_range, 0, strict=True)
+        top, bottom = self.rounds[self._check_name(numerator)], self.rounds[self._check_name(denominator)]
+        per_round = [a / b for a, b in zip(top, bottom)]
+        spread = Spread(statistics.median(per_round), min(per_round), max(per_round))
+        if spread.relative_range > max_relative_range:
+            raise NoisyTimingError(
+                f"the ratio {numerator} / {denominator} ranged from {spread.low:.3g} to "
+                f"{spread.high:.3g} over {len(per_round)} rounds (median {spread.median:.3g}); "
+                f"that is more than max_relative_range={max_relative_range:g} times the median. "
+                "The machine is too busy for this timing: run it again on a quieter machine, "
+                "or with more rounds or calls."
+            )
+        return spread
+
+    def fastest(self) -> str:
+        """The variant with the smallest median time."""
+        return min(self.rounds, key=lambda name: self.seconds(name).median)
+
+    def describe(self) -> str:
+        """One line stating how the numbers were taken, for a caption or a results file."""
+        return (
+            f"median of {len(next(iter(self.rounds.values())))} interleaved rounds of "
+            f"{self.calls} calls each (after {self.warmup} warm-up calls), "
+            f"{self.num_threads} CPU thread{'s' if self.num_threads > 1 else ''}, "
+            f"torch {self.versions['torch']}"
+        )
+
+    def _check_name(self, name: str) -> str:
+        if name not in self.rounds:
+            raise KeyError(f"no variant named {name!r}; the variants are {', '.join(map(repr, self.rounds))}")
+        return name
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{name}={self.seconds(name).median * 1e3:.3g} ms" for name in self.rounds)
+        return f"Timings({parts}; {self.describe()})"
+
+
+def compare(
+    variants: Mapping[str, Callable[[], object]],
+    *,
+    rounds: int = 7,
+    calls: int = 10,
+    warmup: int = 3,
+    num_threads: int = 1,
+    grad: bool = False,
+) -> Timings:
+    """Time each variant, a callable without arguments, interleaved with the others.
+
+    Every variant is first called ``warmup`` times untimed. Then, in each of ``rounds``
+    rounds, the variants take turns (the order rotates by one each round) and each runs
+    ``calls`` times, each call timed on its own; the round keeps the median call. Runs
+    without autograd unless ``grad=True`` (to time training steps), with the CPU thread
+    count fixed to ``num_threads`` and restored afterwards.
     """
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-    repeats = positive_int("repeats", repeats)
+    if not isinstance(variants, Mapping) or not variants:
+        raise ValueError("variants must be a non-empty mapping from names to callables")
+    for name, run in variants.items():
+        if not callable(run):
+            raise TypeError(f"variants[{name!r}] must be a callable taking no arguments, got {type(run).__name__}")
+    rounds = positive_int("rounds", rounds)
+    calls = positive_int("calls", calls)
     warmup = positive_int("warmup", warmup)
     num_threads = positive_int("num_threads", num_threads)
-    was_training, threads_before = module.training, torch.get_num_threads()
-    module.eval()
+    names = list(variants)
+    threads_before = torch.get_num_threads()
     torch.set_num_threads(num_threads)
     try:
-        with torch.no_grad():
-            for _ in range(warmup):
-                module(x)
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                module(x)
-                times.append(time.perf_counter() - start)
+        with contextlib.nullcontext() if grad else torch.no_grad():
+            for name in names:
+                for _ in range(warmup):
+                    variants[name]()
+            per_round: dict[str, list[float]] = {name: [] for name in names}
+            for r in range(rounds):
+                shift = r % len(names)
+                for name in names[shift:] + names[:shift]:
+                    run, times = variants[name], []
+                    for _ in range(calls):
+                        start = time.perf_counter()
+                        run()
+                        times.append(time.perf_counter() - start)
+                    per_round[name].append(statistics.median(times))
     finally:
-        module.train(was_training)
         torch.set_num_threads(threads_before)
-    return statistics.median(times)
+    return Timings(per_round, calls=calls, warmup=warmup, num_threads=num_threads)
+
+
+def compare_modules(
+    modules: Mapping[str, nn.Module], x: torch.Tensor, **options
+) -> Timings:
+    """:func:`compare` for modules called on the same input, in eval mode (modes restored)."""
+    if not isinstance(modules, Mapping) or not modules:
+        raise ValueError("modules must be a non-empty mapping from names to torch.nn.Module")
+    for name, module in modules.items():
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"modules[{name!r}] must be a torch.nn.Module, got {type(module).__name__}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    modes = {name: module.training for name, module in modules.items()}
+    try:
+        for module in modules.values():
+            module.eval()
+        return compare({name: (lambda m=module: m(x)) for name, module in modules.items()}, **options)
+    finally:
+        for name, module in modules.items():
+            module.train(modes[name])
+
+
+def median_seconds(module: nn.Module, x: torch.Tensor, **options) -> float:
+    """The median time of one call ``module(x)`` in eval mode, in seconds (see :func:`compare`)."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    return compare_modules({"module": module}, x, **options).seconds("module").median

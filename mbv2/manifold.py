@@ -21,8 +21,10 @@ from fractions import Fraction
 from typing import NamedTuple
 
 import numpy as np
+import torch
 
 from ._checks import non_negative_int, one_of, positive_int, real_at_least
+from .metrics import relative_errors
 
 #: The activations the round trip can apply.
 ACTIVATIONS = ("relu", "relu6", "linear")
@@ -286,11 +288,11 @@ def _round_trips(points: np.ndarray, T: np.ndarray, activation: str) -> _Trips:
 
 
 def _relative_error(points: np.ndarray, reconstructed: np.ndarray, rescale: bool) -> np.ndarray:
-    """Relative RMS error of each reconstruction in a stack (trials, P, 2)."""
+    """:func:`mbv2.metrics.relative_errors` of each reconstruction in a stack (trials, P, 2)."""
     if rescale:
         dot = np.einsum("tpk,pk->t", reconstructed, points)
         energy = np.einsum("tpk,tpk->t", reconstructed, reconstructed)
         factor = np.divide(dot, energy, out=np.zeros_like(dot), where=energy > 0)
         reconstructed = reconstructed * factor[:, None, None]
-    squared = ((reconstructed - points) ** 2).sum(axis=(1, 2))
-    return np.sqrt(squared / (points**2).sum())
+    reference = np.broadcast_to(points, reconstructed.shape)
+    return relative_errors(torch.tensor(reference), torch.tensor(reconstructed)).numpy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import OrderedDict
 from typing import NamedTuple, Sequence
@@ -210,6 +211,26 @@ def table_2_rows(model: MobileNetV2, resolution: int = 224) -> list[Table2Row]:
         Table2Row((last, 1, 1), "conv2d 1×1", None, model.num_classes, None, None),
     ]
     return rows
+
+
+def with_t1_expansion(model: MobileNetV2) -> MobileNetV2:
+    """A copy of ``model`` in which every t = 1 block has a 1×1 expansion layer too.
+
+    Table 2 gives the first bottleneck t = 1, and the reference code (like this book's
+    model and torchvision's) builds no expansion layer there, since there is nothing to
+    expand. Some re-implementations build one anyway, a 1×1 convolution from k to k
+    channels with batch norm and ReLU6; this copy is that variant, so that the published
+    counts that include it (3,505,960 parameters rather than 3,504,872) can be reproduced.
+    The layers get fresh weights; the rest of the model is copied unchanged.
+    """
+    if not isinstance(model, MobileNetV2):
+        raise TypeError(f"model must be an mbv2.MobileNetV2, got {type(model).__name__}")
+    variant = copy.deepcopy(model)
+    for block in variant.blocks():
+        if block.expand_ratio == 1:
+            block.expansion = ConvBNAct(block.in_channels, block.hidden_channels, kernel_size=1)
+    variant.train(model.training)
+    return variant
 
 
 def _check_resolution(model: MobileNetV2, resolution: object) -> int:

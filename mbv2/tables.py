@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Iterable, Sequence
 
 
@@ -35,3 +36,39 @@ def paper_shape(shape: Sequence[int]) -> str:
         raise ValueError(f"shape must be (C,) or (C, H, W), got {tuple(shape)}")
     c, h, w = shape
     return f"{h}²×{c}" if h == w else f"{h}×{w}×{c}"
+
+
+
+def layer_summary(model, resolution: int = 224, *, depth: int = 3):
+    """torchinfo's layer-by-layer table of ``model`` on one ``resolution``² RGB image.
+
+    Returns torchinfo's ``ModelStatistics`` (``total_params``, ``total_mult_adds``, ...),
+    with columns for the output size, the parameters and the multiply-adds of each layer,
+    named by attribute (``stages``, ``expansion``, ...) down to ``depth`` levels of
+    nesting. Printing it shows the table, with the multiply-add total labelled "millions"
+    (torchinfo writes the enum name ``Units.MEGABYTES`` there on recent Pythons).
+    """
+    import torchinfo  # the independent counter the book checks its formulas against
+
+    from ._checks import positive_int
+
+    resolution = positive_int("resolution", resolution)
+
+    class LayerSummary(torchinfo.ModelStatistics):
+        def __str__(self) -> str:
+            return _UNIT_LABEL.sub(lambda m: f"Total mult-adds ({_UNIT_WORDS[m.group(1)]})", super().__str__())
+
+    stats = torchinfo.summary(
+        model,
+        input_size=(1, 3, resolution, resolution),
+        depth=positive_int("depth", depth),
+        col_names=("output_size", "num_params", "mult_adds"),
+        row_settings=("var_names",),
+        verbose=0,
+    )
+    stats.__class__ = LayerSummary
+    return stats
+
+
+_UNIT_LABEL = re.compile(r"Total mult-adds \((?:Units\.)?(KILOBYTES|MEGABYTES|GIGABYTES|TERABYTES)\)")
+_UNIT_WORDS = {"KILOBYTES": "thousands", "MEGABYTES": "millions", "GIGABYTES": "billions", "TERABYTES": "trillions"}

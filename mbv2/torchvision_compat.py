@@ -4,7 +4,8 @@ torchvision keeps all layers in one ``features`` sequence and numbers everything
 (``features.3.conv.1.0.weight``); the book's model uses the names of the paper
 (``stages.1.1.depthwise.conv.weight``). The map between the two is derived from the
 structure of the model, block by block, so it holds for every width, class count and
-table of stages. This module does not import torchvision: it works on a state dict.
+table of stages. Loading works on a state dict; only :func:`randomised_torchvision` and
+:func:`torchvision_difference`, the book's equivalence check, import torchvision.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from ._checks import non_negative_int
 from .model import MobileNetV2
 
 _SHOWN = 10  # at most this many keys of each kind in an error message
@@ -90,6 +92,51 @@ def load_torchvision_weights(
         )
     model.load_state_dict({ours: state_dict[theirs] for ours, theirs in key_map.items()})
     return model
+
+
+def randomised_torchvision(width_mult: float = 1.0, num_classes: int = 1000, *, seed: int = 0) -> nn.Module:
+    """A torchvision ``mobilenet_v2`` in eval mode in which every tensor is random.
+
+    A freshly built network is a weak reference: its batch-norm statistics are 0 and 1,
+    its scales 1 and its shifts 0, so two implementations could differ in any of them and
+    still agree. Here the batch-norm scales are drawn from [0.5, 4] and the shifts, running
+    means, running variances and classifier bias at random too; the scales are large
+    enough that many ReLU6 units saturate at 6, so the cap of ReLU6 is exercised as well.
+    """
+    import torchvision  # the reference implementation, needed only for this check
+
+    generator = torch.Generator().manual_seed(non_negative_int("seed", seed))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        reference = torchvision.models.mobilenet_v2(width_mult=width_mult, num_classes=num_classes)
+    with torch.no_grad():
+        for module in reference.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 4.0, generator=generator)
+                module.bias.normal_(0, 0.5, generator=generator)
+                module.running_mean.normal_(0, 0.1, generator=generator)
+                module.running_var.uniform_(0.5, 1.5, generator=generator)
+            elif isinstance(module, nn.Linear):
+                module.bias.normal_(0, 0.1, generator=generator)
+    return reference.eval()
+
+
+def torchvision_difference(
+    width_mult: float = 1.0, x: torch.Tensor | None = None, *, seed: int = 0
+) -> tuple[float, MobileNetV2, nn.Module]:
+    """Load a :func:`randomised_torchvision` network into the book's model and compare.
+
+    Returns the largest absolute difference between the two models' outputs on ``x``
+    (default: two random 224×224 images), the book's model and the torchvision model,
+    both in eval mode.
+    """
+    reference = randomised_torchvision(width_mult, seed=seed)
+    ours = load_torchvision_weights(MobileNetV2(width_mult=width_mult), reference.state_dict()).eval()
+    if x is None:
+        x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        difference = (ours(x) - reference(x)).abs().max().item()
+    return difference, ours, reference
 
 
 def _describe(kind: str, keys: list[str]) -> str:

@@ -141,3 +141,23 @@ def test_blocks_are_inverted_residuals_in_order():
     blocks = MobileNetV2().blocks()
     assert all(isinstance(b, InvertedResidual) for b in blocks)
     assert [b.use_shortcut for b in blocks].count(True) == 10
+
+
+def test_with_t1_expansion_adds_exactly_one_1x1_conv_with_batch_norm():
+    import torchinfo
+
+    from mbv2.model import with_t1_expansion
+
+    model = MobileNetV2()
+    variant = with_t1_expansion(model)
+    added = 32 * 32 + 2 * 32  # the conv's weights, then batch norm's scale and shift
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert count(variant) - count(model) == added
+    assert count(variant) == 3_505_960  # the walkthrough's published count
+    stats = torchinfo.summary(variant, input_size=(1, 3, 224, 224), verbose=0)
+    assert round(stats.total_mult_adds / 1e6, 2) == 313.65
+    assert isinstance(model.stages[0][0].expansion, torch.nn.Identity)  # the original is untouched
+    assert variant.stages[0][0].expansion.conv.kernel_size == (1, 1)
+    assert variant(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+    with pytest.raises(TypeError, match="model must be an mbv2.MobileNetV2"):
+        with_t1_expansion(torch.nn.Identity())

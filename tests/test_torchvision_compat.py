@@ -4,6 +4,7 @@ import torchvision
 from torch import nn
 
 from mbv2 import MobileNetV2, load_torchvision_weights, torchvision_key_map
+from mbv2.torchvision_compat import randomised_torchvision, torchvision_difference
 
 WIDTHS = [0.35, 0.5, 0.75, 1.0, 1.3, 1.4]
 # The parameter counts torchvision's documentation gives for 1000 classes.
@@ -13,22 +14,6 @@ DOCUMENTED = {0.35: 1_677_128, 0.5: 1_968_680, 0.75: 2_636_424, 1.0: 3_504_872,
 
 def count(model):
     return sum(p.numel() for p in model.parameters())
-
-
-def randomised_reference(width_mult, num_classes=1000):
-    """A torchvision model in which every tensor is random, batch-norm statistics included,
-    and large enough that many ReLU6 units saturate at 6."""
-    reference = torchvision.models.mobilenet_v2(width_mult=width_mult, num_classes=num_classes)
-    with torch.no_grad():
-        for module in reference.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.weight.uniform_(0.5, 4.0)
-                module.bias.normal_(0, 0.5)
-                module.running_mean.normal_(0, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-            elif isinstance(module, nn.Linear):
-                module.bias.normal_(0, 0.1)
-    return reference.eval()
 
 
 def saturated_fraction(model, x):
@@ -52,7 +37,7 @@ def test_parameter_count_equals_torchvision(width_mult):
 
 @pytest.mark.parametrize("width_mult", WIDTHS)
 def test_outputs_equal_torchvision_after_loading(width_mult):
-    reference = randomised_reference(width_mult)
+    reference = randomised_torchvision(width_mult)
     model = load_torchvision_weights(MobileNetV2(width_mult=width_mult), reference.state_dict())
     model.eval()
     for resolution in (224, 160):
@@ -81,7 +66,7 @@ def test_key_map_is_a_bijection_onto_torchvision_keys():
 
 
 def test_loading_copies_every_tensor():
-    reference = randomised_reference(1.0)
+    reference = randomised_torchvision(1.0)
     model = load_torchvision_weights(MobileNetV2(), reference.state_dict())
     theirs = reference.state_dict()
     for ours_key, their_key in torchvision_key_map(model).items():
@@ -128,3 +113,24 @@ def test_wrong_argument_types():
         load_torchvision_weights(torchvision.models.mobilenet_v2(), {})
     with pytest.raises(TypeError, match="state_dict must be a mapping"):
         load_torchvision_weights(MobileNetV2(), [1, 2])
+
+
+def test_torchvision_difference_is_small_and_seeded():
+    difference, ours, reference = torchvision_difference(0.5, seed=3)
+    assert difference < 1e-5 and not ours.training and not reference.training
+    a, b = randomised_torchvision(seed=1), randomised_torchvision(seed=1)
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    c = randomised_torchvision(seed=2)
+    assert not torch.equal(a.features[1].conv[0][1].weight, c.features[1].conv[0][1].weight)
+
+
+def test_torchvision_difference_sees_a_wrong_batch_norm_epsilon():
+    # The check can fail: a model whose batch norm uses another epsilon differs.
+    reference = randomised_torchvision(seed=0)
+    ours = load_torchvision_weights(MobileNetV2(), reference.state_dict()).eval()
+    for module in ours.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.eps = 1e-3
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert (ours(x) - reference(x)).abs().max() > 1e-3

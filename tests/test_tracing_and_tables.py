@@ -80,3 +80,19 @@ def test_run_with_hooks_uses_batch_statistics_only_when_asked_and_restores_modes
     assert not model.stem.bn._forward_hooks  # removed
     with pytest.raises(TypeError, match="batch_statistics"):
         mbv2.run_with_hooks(model, x, [], batch_statistics="yes")
+
+
+def test_layer_summary_counts_like_torchinfo_and_labels_the_unit():
+    import torchinfo
+
+    from mbv2.tables import layer_summary
+
+    model = mbv2.MobileNetV2(width_mult=0.5)
+    stats = layer_summary(model, 160, depth=2)
+    plain = torchinfo.summary(model, input_size=(1, 3, 160, 160), verbose=0)
+    assert (stats.total_params, stats.total_mult_adds) == (plain.total_params, plain.total_mult_adds)
+    text = str(stats)
+    assert "Total mult-adds (millions):" in text and "Units." not in text
+    assert "(stages)" in text and "[1, 1280, 5, 5]" in text
+    with pytest.raises(ValueError, match="resolution must be an integer >= 1"):
+        layer_summary(model, 0)
