@@ -10,6 +10,7 @@ Call :func:`book_style` once at the top of a chapter. Figures then
   PNG), so that lines and text stay sharp on high-resolution screens.
 
 matplotlib is imported when the function is called, not when ``mbv2`` is imported.
+Figures go into the text with :func:`mbv2.book.glue_figure`.
 """
 
 from __future__ import annotations
@@ -45,23 +46,3 @@ def book_style() -> None:
         return
     set_matplotlib_formats("retina")
 
-
-def glue_figure(name: str, fig) -> None:
-    """Glue ``fig`` under ``name`` for a ``{glue:figure}`` directive, and close it.
-
-    Closing keeps Jupyter from showing the figure a second time, uncaptioned, below the
-    cell that made it. The caption, the alt text and the label for ``{numref}`` go in the
-    markdown cell that places the figure::
-
-        ```{glue:figure} name
-        :name: fig-name
-        :alt: What the figure shows, for a reader who cannot see it.
-
-        The caption.
-        ```
-    """
-    import matplotlib.pyplot as plt
-    from myst_nb import glue
-
-    glue(name, fig, display=False)
-    plt.close(fig)

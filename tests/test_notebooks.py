@@ -45,3 +45,24 @@ def test_notebook_is_stored_clean(path):
     for index, cell in enumerate(notebook["cells"]):
         assert not cell.get("outputs"), f"cell {index} of {path.name} has outputs"
         assert cell.get("execution_count") is None, f"cell {index} of {path.name} has an execution count"
+
+
+GLUE_CALLS = ("glue(", "glue_values(", "glue_figure(", "glue_markdown(")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_cell_that_glues_hides_its_output_in_the_book(path):
+    """A gluing cell shows its results in Jupyter (see mbv2.book); the book places them
+    in the text instead, so the cell's own output is removed there."""
+    notebook = json.loads(path.read_text())
+    for index, cell in enumerate(notebook["cells"]):
+        source = "".join(cell["source"])
+        if cell["cell_type"] != "code":
+            continue
+        assert "myst_nb" not in source, (
+            f"cell {index} of {path.name} uses myst_nb directly; glue with mbv2.book, which also "
+            "shows the result in Jupyter")
+        if not any(call in source for call in GLUE_CALLS):
+            continue
+        assert "remove-output" in cell["metadata"].get("tags", []), (
+            f"cell {index} of {path.name} glues but is not tagged remove-output")

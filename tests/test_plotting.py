@@ -14,9 +14,3 @@ def test_book_style_sets_an_opaque_background_and_legible_fonts():
     assert min(matplotlib.rcParams[k] for k in ("font.size", "xtick.labelsize", "legend.fontsize")) >= 9
     matplotlib.rcdefaults()
 
-
-def test_glue_figure_closes_the_figure():
-    fig, ax = plt.subplots()
-    ax.plot([0, 1])
-    plotting.glue_figure("a_figure", fig)
-    assert not plt.fignum_exists(fig.number)
