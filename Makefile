@@ -24,7 +24,7 @@ TESTED := _tested
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
 	rm -rf $(TESTED) && mkdir -p $(TESTED)
-	cp -r _config.yml _toc.yml index.md references.bib chapters mbv2 $(TESTED)/
+	cp -r _config.yml _toc.yml index.md references.bib _ext chapters mbv2 $(TESTED)/
 	sed -i 's/^  execute_notebooks: force$$/  execute_notebooks: "off"/' $(TESTED)/_config.yml
 	grep -q 'execute_notebooks: "off"' $(TESTED)/_config.yml
 	$(BIN)/python -m pytest --nbmake --nbmake-timeout=300 --durations=0 --overwrite $(TESTED)/chapters
