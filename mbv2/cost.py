@@ -1,4 +1,4 @@
-"""Parameter and multiply-add counts from the paper's formulas (Sandler et al. 2018, §3.1, §5).
+"""Parameter and multiply-add counts from the paper's formulas (Sandler et al. 2018, §3.1 and §3.3).
 
 Convention: a *multiply-add* (MAdd) is one multiplication followed by one addition, the
 unit of the paper's tables. A convolution's count is the number of its output values
