@@ -7,6 +7,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 import mbv2
 from mbv2 import photos, pretrained
+from mbv2.deploy import export_onnx
 from mbv2.mobilenet_v1 import MobileNetV1
 
 
@@ -55,9 +56,7 @@ def test_torch_export(model, batch):
 
 
 def test_onnx_export_runs_in_onnxruntime(model, batch, tmp_path):
-    path = tmp_path / "mobilenet_v2.onnx"
-    torch.onnx.export(model, (batch,), path, dynamo=True, verbose=False,
-                      dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    path = export_onnx(model, tmp_path / "mobilenet_v2.onnx")
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (name,) = [i.name for i in session.get_inputs()]
     single = batch[:1]  # the batch dimension is dynamic

@@ -1,0 +1,86 @@
+import onnxruntime
+import pytest
+import torch
+from torch import nn
+
+from mbv2 import ConvBNAct, MobileNetV2
+from mbv2.deploy import ONNX_OPSET, export_onnx, fold_batch_norm, fold_conv_bn
+from mbv2.mobilenet_v1 import MobileNetV1
+
+
+def randomise(model):
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 2.0)
+                m.bias.normal_(0, 0.5)
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("groups, bias", [(1, False), (8, False), (1, True)])
+def test_fold_conv_bn_equals_conv_then_batch_norm(groups, bias):
+    conv = nn.Conv2d(8, 16, 3, stride=2, padding=1, groups=groups, bias=bias)
+    bn = randomise(nn.BatchNorm2d(16))
+    x = torch.randn(2, 8, 9, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(fold_conv_bn(conv, bn)(x), bn(conv(x)), rtol=1e-5, atol=1e-5)
+    # By hand for one channel: the scale multiplies the weights, the shift becomes the bias.
+    folded = fold_conv_bn(conv, bn)
+    scale = bn.weight[3] / torch.sqrt(bn.running_var[3] + bn.eps)
+    torch.testing.assert_close(folded.weight[3], conv.weight[3] * scale)
+
+
+@pytest.mark.parametrize("build", [lambda: MobileNetV2(width_mult=0.5), MobileNetV1])
+def test_fold_batch_norm_keeps_the_outputs_and_removes_every_batch_norm(build):
+    model = randomise(build())
+    folded = fold_batch_norm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is kept
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)
+    # The folded network has the BN shifts as biases and drops the scales and statistics.
+    bn = sum(m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert count(folded) == count(model) - bn
+
+
+def test_a_training_mode_model_is_folded_with_its_running_statistics():
+    model = randomise(MobileNetV2(width_mult=0.35)).train()
+    folded = fold_batch_norm(model)
+    assert model.training and not folded.training
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model.eval()(x), rtol=1e-4, atol=1e-4)
+
+
+def test_export_onnx_runs_in_onnxruntime_with_a_free_batch_size(tmp_path):
+    model = fold_batch_norm(randomise(MobileNetV2(width_mult=0.35)))
+    path = export_onnx(model, tmp_path / "small.onnx", resolution=96)
+    import onnx
+
+    assert onnx.load(str(path)).opset_import[0].version == ONNX_OPSET
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 96, 96)
+        (logits,) = session.run(None, {"images": x.numpy()})
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(logits), model(x), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: fold_conv_bn(nn.Linear(2, 2), nn.BatchNorm2d(2)), TypeError, "conv must be a torch.nn.Conv2d"),
+    (lambda: fold_conv_bn(nn.Conv2d(2, 4, 1), nn.BatchNorm1d(4)), TypeError, "bn must be a torch.nn.BatchNorm2d"),
+    (lambda: fold_conv_bn(nn.Conv2d(2, 4, 1), nn.BatchNorm2d(3)), ValueError, "bn has 3 channels but conv has 4"),
+    (lambda: fold_conv_bn(nn.Conv2d(2, 4, 1), nn.BatchNorm2d(4, track_running_stats=False)), ValueError, "running statistics"),
+    (lambda: fold_batch_norm(nn.Sequential(nn.Conv2d(2, 2, 1))), ValueError, "no mbv2.ConvBNAct"),
+    (lambda: fold_batch_norm("model"), TypeError, "model must be a torch.nn.Module"),
+    (lambda: export_onnx(MobileNetV2(), "model.pt"), ValueError, "path must end in .onnx"),
+    (lambda: export_onnx(MobileNetV2(), "m.onnx", resolution=0), ValueError, "resolution must be an integer >= 1"),
+])
+def test_bad_arguments(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
