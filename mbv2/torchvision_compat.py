@@ -5,7 +5,8 @@ torchvision keeps all layers in one ``features`` sequence and numbers everything
 (``stages.1.1.depthwise.conv.weight``). The map between the two is derived from the
 structure of the model, block by block, so it holds for every width, class count and
 table of stages. Loading works on a state dict; only :func:`randomised_torchvision` and
-:func:`torchvision_difference`, the book's equivalence check, import torchvision.
+:func:`torchvision_difference`, the book's equivalence check, import torchvision;
+:func:`randomise_batch_norm` makes any model a demanding test object.
 """
 
 from __future__ import annotations
@@ -94,31 +95,40 @@ def load_torchvision_weights(
     return model
 
 
-def randomised_torchvision(width_mult: float = 1.0, num_classes: int = 1000, *, seed: int = 0) -> nn.Module:
-    """A torchvision ``mobilenet_v2`` in eval mode in which every tensor is random.
+def randomise_batch_norm(module: nn.Module, *, seed: int = 0, scale: tuple[float, float] = (0.5, 4.0)) -> nn.Module:
+    """Draw every batch norm's scale, shift and running statistics of ``module`` at random,
+    and the bias of every linear layer; return ``module``, in eval mode.
 
-    A freshly built network is a weak reference: its batch-norm statistics are 0 and 1,
-    its scales 1 and its shifts 0, so two implementations could differ in any of them and
-    still agree. Here the batch-norm scales are drawn from [0.5, 4] and the shifts, running
-    means, running variances and classifier bias at random too; the scales are large
-    enough that many ReLU6 units saturate at 6, so the cap of ReLU6 is exercised as well.
+    A freshly built network is a weak test object: its batch norms are the identity
+    (statistics 0 and 1, scale 1, shift 0), so code that mixes up, drops or slices them
+    wrongly still gives the right answer. Scales are drawn uniformly from ``scale`` (the
+    default range makes many ReLU6 units saturate at 6), shifts from N(0, 0.5²), means
+    from N(0, 0.1²) and variances uniformly from [0.5, 1.5].
     """
+    generator = torch.Generator().manual_seed(non_negative_int("seed", seed))
+    low, high = scale
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(low, high, generator=generator)
+                m.bias.normal_(0, 0.5, generator=generator)
+                m.running_mean.normal_(0, 0.1, generator=generator)
+                m.running_var.uniform_(0.5, 1.5, generator=generator)
+            elif isinstance(m, nn.Linear) and m.bias is not None:
+                m.bias.normal_(0, 0.1, generator=generator)
+    return module.eval()
+
+
+def randomised_torchvision(width_mult: float = 1.0, num_classes: int = 1000, *, seed: int = 0) -> nn.Module:
+    """A torchvision ``mobilenet_v2`` in eval mode in which every tensor is random: its
+    weights as torchvision initialises them (seeded), its batch norms and classifier bias
+    by :func:`randomise_batch_norm`, so that the cap of ReLU6 is exercised as well."""
     import torchvision  # the reference implementation, needed only for this check
 
-    generator = torch.Generator().manual_seed(non_negative_int("seed", seed))
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(non_negative_int("seed", seed))
         reference = torchvision.models.mobilenet_v2(width_mult=width_mult, num_classes=num_classes)
-    with torch.no_grad():
-        for module in reference.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.weight.uniform_(0.5, 4.0, generator=generator)
-                module.bias.normal_(0, 0.5, generator=generator)
-                module.running_mean.normal_(0, 0.1, generator=generator)
-                module.running_var.uniform_(0.5, 1.5, generator=generator)
-            elif isinstance(module, nn.Linear):
-                module.bias.normal_(0, 0.1, generator=generator)
-    return reference.eval()
+    return randomise_batch_norm(reference, seed=seed)
 
 
 def torchvision_difference(

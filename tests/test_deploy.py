@@ -6,17 +6,7 @@ from torch import nn
 from mbv2 import ConvBNAct, MobileNetV2
 from mbv2.deploy import ONNX_OPSET, export_onnx, fold_batch_norm, fold_conv_bn
 from mbv2.mobilenet_v1 import MobileNetV1
-
-
-def randomise(model):
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 2.0)
-                m.bias.normal_(0, 0.5)
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-    return model.eval()
+from mbv2.torchvision_compat import randomise_batch_norm as randomise
 
 
 @pytest.mark.parametrize("groups, bias", [(1, False), (8, False), (1, True)])

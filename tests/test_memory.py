@@ -4,18 +4,7 @@ from torch import nn
 
 from mbv2 import InvertedResidual, MobileNetV2
 from mbv2.memory import SplitInvertedResidual, split_forward, split_model, valid_pieces
-
-
-def randomise(module):
-    """Random batch-norm statistics and affine parameters, so that slicing them wrongly shows."""
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 2.0)
-                m.bias.normal_(0, 0.5)
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-    return module.eval()
+from mbv2.torchvision_compat import randomise_batch_norm as randomise
 
 
 @pytest.mark.parametrize("in_c, out_c, stride, ratio", [
