@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from mbv2 import ConvBNAct, MobileNetV2
+from mbv2 import MobileNetV2
 from mbv2.deploy import ONNX_OPSET, export_onnx, fold_batch_norm, fold_conv_bn
 from mbv2.mobilenet_v1 import MobileNetV1
 from mbv2.torchvision_compat import randomise_batch_norm as randomise
