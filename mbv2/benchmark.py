@@ -18,12 +18,13 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping
+from numbers import Real
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from ._checks import positive_int, real_at_least
+from ._checks import positive_int
 
 
 class NoisyTimingError(RuntimeError):
@@ -66,9 +67,11 @@ class Timings:
 
         Raises :class:`NoisyTimingError` when the per-round ratios range over more than
         ``max_relative_range`` times their median (the default, 0.5, allows 1.2 to 1.7
-        around a median of 1.4, but not 1.0 to 2.0).
+        around a median of 1.4, but not 1.0 to 2.0; ``float("inf")`` never refuses, for a
+        table that shows the range instead).
         """
-        max_relative_range = real_at_least("max_relative_range", max_relative_range, 0, strict=True)
+        if isinstance(max_relative_range, bool) or not isinstance(max_relative_range, Real) or not max_relative_range > 0:
+            raise ValueError(f"max_relative_range must be a number > 0 (inf never refuses), got {max_relative_range!r}")
         top, bottom = self.rounds[self._check_name(numerator)], self.rounds[self._check_name(denominator)]
         per_round = [a / b for a, b in zip(top, bottom)]
         spread = Spread(statistics.median(per_round), min(per_round), max(per_round))
@@ -180,3 +183,44 @@ def median_seconds(module: nn.Module, x: torch.Tensor, **options) -> float:
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     return compare_modules({"module": module}, x, **options).seconds("module").median
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m mbv2.benchmark``: the runtime table of MobileNetV2 on this machine's CPU."""
+    import argparse
+
+    from .deploy import runtimes
+
+    parser = argparse.ArgumentParser(
+        prog="python -m mbv2.benchmark",
+        description="Time MobileNetV2 (batch 1) in several runtimes on this CPU, interleaved "
+        "in rounds; print the median time per image, the range of the round medians and the "
+        "speed-up over PyTorch eager.",
+    )
+    parser.add_argument("--resolution", type=int, default=224, help="input side in pixels (224)")
+    parser.add_argument("--width", type=float, default=1.0, help="width multiplier (1.0)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="CPU thread counts (1 2)")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (7)")
+    parser.add_argument("--calls", type=int, default=10, help="timed calls per round (10)")
+    args = parser.parse_args(argv)
+
+    from .model import MobileNetV2
+
+    model = MobileNetV2(width_mult=args.width).eval()
+    for threads in args.threads:
+        torch.set_num_threads(threads)  # export and session creation use the same count
+        timings = compare(runtimes(model, args.resolution, num_threads=threads), rounds=args.rounds,
+                          calls=args.calls, num_threads=threads)
+        print(f"\nMobileNetV2 {args.width:g}, {args.resolution}×{args.resolution}, batch 1: "
+              f"{timings.describe()}")
+        print(f"{'runtime':36} {'ms':>7} {'range (ms)':>15} {'speed-up over eager':>22}")
+        for name in timings.names:
+            time = timings.seconds(name)
+            # Per-round ratios; reported with their range rather than refused when noisy.
+            speedup = timings.ratio("PyTorch eager", name, max_relative_range=float("inf"))
+            print(f"{name:36} {time.median * 1e3:7.2f} {time.low * 1e3:7.2f}–{time.high * 1e3:<7.2f} "
+                  f"{speedup.median:8.2f} ({speedup.low:.2f}–{speedup.high:.2f})")
+
+
+if __name__ == "__main__":
+    main()

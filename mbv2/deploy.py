@@ -19,7 +19,7 @@ from torch import nn
 from ._checks import positive_int
 from .layers import ConvBNAct
 
-__all__ = ["export_onnx", "fold_batch_norm", "fold_conv_bn"]
+__all__ = ["export_onnx", "fold_batch_norm", "fold_conv_bn", "runtimes"]
 
 #: The ONNX operator set :func:`export_onnx` writes (supported by onnxruntime >= 1.14).
 ONNX_OPSET = 18
@@ -112,3 +112,49 @@ def _forward_argument_names(model: nn.Module) -> list[str]:
     if len(names) != 1:
         raise ValueError(f"model.forward must take one tensor, it takes {names}")
     return names
+
+
+def runtimes(model: nn.Module, resolution: int = 224, *, num_threads: int = 1, workdir: str | Path | None = None) -> dict:
+    """Ways to run ``model`` on one image, as callables without arguments for
+    :func:`mbv2.benchmark.compare`, each checked to agree with the eager model.
+
+    * ``"PyTorch eager"``: the model as trained, batch norm and all;
+    * ``"PyTorch, BN folded"``: :func:`fold_batch_norm`;
+    * ``"PyTorch, BN folded, channels-last"``: the same with NHWC tensors, the layout
+      PyTorch's CPU convolutions prefer;
+    * ``"ONNX Runtime"``: the folded model exported by :func:`export_onnx` and run by
+      onnxruntime with all its graph optimisations, on ``num_threads`` threads.
+
+    ``workdir`` holds the ONNX file (a temporary folder by default).
+    """
+    import tempfile
+
+    import onnxruntime
+
+    resolution = positive_int("resolution", resolution)
+    num_threads = positive_int("num_threads", num_threads)
+    model = copy.deepcopy(model).eval()
+    folded = fold_batch_norm(model)
+    x = torch.randn(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
+    nhwc_model = copy.deepcopy(folded).to(memory_format=torch.channels_last)
+    nhwc = x.contiguous(memory_format=torch.channels_last)
+    folder = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="mbv2-onnx-"))
+    path = export_onnx(folded, folder / "model.onnx", resolution)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = num_threads
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {"images": x.numpy()}
+    variants = {
+        "PyTorch eager": lambda: model(x),
+        "PyTorch, BN folded": lambda: folded(x),
+        "PyTorch, BN folded, channels-last": lambda: nhwc_model(nhwc),
+        "ONNX Runtime": lambda: session.run(None, feed)[0],
+    }
+    with torch.no_grad():
+        reference = model(x)
+        for name, run in variants.items():
+            out = torch.as_tensor(run())
+            if not torch.allclose(out, reference, rtol=1e-3, atol=1e-3):
+                raise RuntimeError(f"{name} disagrees with the eager model: the runtimes cannot be compared")
+    return variants

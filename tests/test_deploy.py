@@ -74,3 +74,19 @@ def test_export_onnx_runs_in_onnxruntime_with_a_free_batch_size(tmp_path):
 def test_bad_arguments(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_runtimes_agree_and_the_command_prints_the_table(tmp_path, capsys):
+    from mbv2.benchmark import main
+    from mbv2.deploy import runtimes
+
+    model = randomise(MobileNetV2(width_mult=0.35))
+    variants = runtimes(model, 96, workdir=tmp_path)
+    assert list(variants) == ["PyTorch eager", "PyTorch, BN folded", "PyTorch, BN folded, channels-last",
+                              "ONNX Runtime"]
+    assert (tmp_path / "model.onnx").exists()
+    main(["--width", "0.35", "--resolution", "96", "--threads", "1", "--rounds", "1", "--calls", "1"])
+    out = capsys.readouterr().out
+    assert "MobileNetV2 0.35, 96×96, batch 1: median of 1 interleaved rounds" in out
+    rows = [line for line in out.splitlines() if line.startswith(("PyTorch", "ONNX"))]
+    assert len(rows) == 4 and rows[0].split()[-2] == "1.00"
