@@ -4,7 +4,10 @@ Imports only torch and numpy. The names follow the paper: t, c, n, s for the row
 Table 2; expansion, depthwise and projection for the three layers of a block.
 """
 
-from . import benchmark, book, cost, data, deploy, manifold, memory, metrics, mobilenet_v1, photos, pretrained, quantization, train
+from . import (
+    benchmark, book, cost, data, deploy, manifold, memory, metrics, mobilenet_v1, peak_memory, photos,
+    pretrained, quantization, train,
+)
 from .layers import ConvBNAct, DepthwiseSeparableConv, InvertedResidual
 from .model import (
     LAST_CHANNELS,

@@ -106,3 +106,75 @@ def test_bad_arguments(call, error, match):
     block = InvertedResidual(24, 24, 1, 6).eval()
     with pytest.raises(error, match=match):
         call(block, torch.randn(1, 24, 8, 8))
+
+
+def test_split_of_a_folded_model():
+    from mbv2.deploy import fold_batch_norm
+
+    folded = fold_batch_norm(randomise(MobileNetV2(width_mult=0.35)))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(split_model(folded, 4)(x), folded(x), rtol=1e-4, atol=1e-4)
+
+
+# --- the memory model ------------------------------------------------------------------
+
+from mbv2.memory import Operation, operations, peak_values, table_3  # noqa: E402
+from mbv2.mobilenet_v1 import MobileNetV1  # noqa: E402
+
+
+def test_block_operations_by_hand():
+    ops = {op.name: op for op in operations(MobileNetV2(), 224)}
+    # stages.1.0: 16 channels at 112² in, 24 at 56² out, 96 inner channels at 112² and 56².
+    assert ops["stages.1.0"] == Operation("stages.1.0", 16 * 112**2, 24 * 56**2, 96 * (112**2 + 56**2))
+    # The t = 1 block has no expansion: its only inner tensor is the depthwise output.
+    assert ops["stages.0.0"].scratch == 32 * 112**2
+    assert ops["stem"] == Operation("stem", 3 * 224**2, 32 * 112**2)
+    assert ops["pool"] == Operation("pool", 1280 * 49, 1280)
+    split = {op.name: op for op in operations(MobileNetV2(), 224, pieces=6)}
+    assert split["stages.1.0"].scratch == 16 * (112**2 + 56**2)  # 96 / 6 channels at a time
+    assert split["stages.0.0"] == ops["stages.0.0"]  # left whole, as split_model does
+
+
+def test_layer_operations_keep_the_shortcut_input_alive():
+    ops = {op.name: op for op in operations(MobileNetV2(), 224, granularity="layer")}
+    # stages.1.1: 24 -> 144 -> 24 at 56², with a shortcut.
+    x = 24 * 56**2
+    assert ops["stages.1.1.expansion"] == Operation("stages.1.1.expansion", x, 6 * x)
+    assert ops["stages.1.1.depthwise"] == Operation("stages.1.1.depthwise", 6 * x, 6 * x, kept=x)
+    assert ops["stages.1.1.projection"] == Operation("stages.1.1.projection", 6 * x, x, kept=x)
+    assert ops["stages.1.1.add"] == Operation("stages.1.1.add", 2 * x, x)
+    assert "stages.1.0.add" not in ops  # stride 2: no shortcut
+
+
+def test_peaks():
+    # MobileNetV1's largest layer: the 32 -> 64 pointwise conv at 112².
+    assert peak_values(MobileNetV1(), granularity="layer") == Operation(
+        "units.0.pointwise", 32 * 112**2, 64 * 112**2)
+    v2 = MobileNetV2()
+    assert peak_values(v2).name == "stages.1.0"
+    totals = [peak_values(v2, pieces=t).total for t in (1, 2, 3, 6, 48)]
+    assert totals == sorted(totals, reverse=True) and totals[-1] == (32 + 16 + 32) * 112**2
+
+
+def test_table_3_channels():
+    # MobileNetV1 equals the paper's printed column (both versions of Table 3 agree on it).
+    assert [(r.side, r.channels) for r in table_3(MobileNetV1())] == [
+        (112, 64), (56, 128), (28, 256), (14, 512), (7, 1024), (1, 1024)]
+    rows = table_3(MobileNetV2(), first_layer_trick=True)
+    # The largest tensor between blocks at each side (the head's 1,280 channels at 7²).
+    assert [(r.side, r.channels) for r in rows] == [
+        (112, 16), (56, 24), (28, 32), (14, 96), (7, 1280), (1, 1280)]
+    assert rows[0].values == 16 * 112**2
+    assert table_3(MobileNetV2())[0].channels == 32  # the stem output, without the trick
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: operations(nn.Linear(2, 2)), TypeError, "model must be an mbv2.MobileNetV2 or MobileNetV1"),
+    (lambda: operations(MobileNetV2(), granularity="op"), ValueError, "granularity must be one of 'block', 'layer'"),
+    (lambda: operations(MobileNetV2(), pieces=5), ValueError, "pieces must be one of"),
+    (lambda: operations(MobileNetV2(), 0), ValueError, "resolution must be an integer >= 1"),
+])
+def test_memory_model_bad_arguments(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
