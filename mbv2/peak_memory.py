@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["TensorPeak", "allocator_peak", "tensor_peak"]
+__all__ = ["TensorPeak", "allocator_peak", "tensor_peak", "tensor_timeline"]
 
 
 class TensorPeak(NamedTuple):
@@ -46,6 +46,7 @@ class _LiveTensors(TorchDispatchMode):
         self.alive: dict[int, int] = {}
         self.total = 0
         self.peak = TensorPeak(0, "", ())
+        self.timeline: list[tuple[str, int]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -57,6 +58,7 @@ class _LiveTensors(TorchDispatchMode):
                     self.alive[key] = storage.nbytes()
                     self.total += storage.nbytes()
                     weakref.finalize(tensor, self._free, key)
+        self.timeline.append((str(func.overloadpacket.__name__), self.total))
         if self.total > self.peak.bytes:
             sizes = tuple(sorted(self.alive.values(), reverse=True))
             self.peak = TensorPeak(self.total, str(func.overloadpacket.__name__), sizes)
@@ -68,12 +70,22 @@ class _LiveTensors(TorchDispatchMode):
 
 def tensor_peak(model: nn.Module, x: torch.Tensor) -> TensorPeak:
     """The peak of live tensor bytes made while ``model(x)`` runs (see the module doc)."""
+    return _run(model, x).peak
+
+
+def tensor_timeline(model: nn.Module, x: torch.Tensor) -> list[tuple[str, int]]:
+    """The live tensor bytes after each operation of ``model(x)``, in order: a list of
+    (operation name, bytes), whose largest value is :func:`tensor_peak`'s."""
+    return _run(model, x).timeline
+
+
+def _run(model: nn.Module, x: torch.Tensor) -> _LiveTensors:
     _check(model, x)
     with _eval(model), torch.inference_mode():
         model(x)
         with _LiveTensors() as live:
             model(x)
-    return live.peak
+    return live
 
 
 def allocator_peak(model: nn.Module, x: torch.Tensor) -> int:

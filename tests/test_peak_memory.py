@@ -35,3 +35,14 @@ def test_modes_are_restored_and_bad_arguments():
         tensor_peak("model", torch.zeros(1))
     with pytest.raises(TypeError, match="x must be a torch.Tensor"):
         allocator_peak(nn.Identity(), [1.0])
+
+
+def test_timeline_follows_the_operations():
+    from mbv2.peak_memory import tensor_timeline
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 1, bias=False), nn.ReLU(), nn.Flatten())
+    timeline = tensor_timeline(model, torch.randn(1, 3, 4, 4))
+    size = 8 * 4 * 4 * 4
+    assert [name for name, _ in timeline] == ["conv2d", "relu", "flatten"]
+    assert [total for _, total in timeline] == [size, 2 * size, size]  # the conv output is freed
+    assert max(t for _, t in timeline) == tensor_peak(model, torch.randn(1, 3, 4, 4)).bytes
