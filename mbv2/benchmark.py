@@ -7,8 +7,16 @@ rotates from round to round, and the round's median is kept. A variant's time is
 median of its round medians; a ratio between two variants is the median of the
 *per-round* ratios, so a slow spell that hits one round hits both variants of that round.
 The spread (lowest and highest per-round value) comes with every number, and
-:meth:`Timings.ratio` raises :class:`NoisyTimingError` when the spread is too wide for the
-ratio to mean anything, so that a glitch stops the build instead of printing nonsense.
+:meth:`Timings.ratio` raises :class:`NoisyTimingError` when the middle half of the
+per-round ratios is too wide for the ratio to mean anything (one stalled round is
+tolerated; a machine too busy to measure is not), so that a glitch stops the build
+instead of printing nonsense.
+
+Before the first measurement of a process, :func:`compare` allocates and frees one
+28 MiB block. With glibc's allocator this raises the size below which freed memory is
+kept for reuse; otherwise every large tensor (a few MB) of a forward pass is served with
+fresh pages from the operating system, and a fresh process times page faults, not
+arithmetic. A long-running program reaches the same state by itself.
 """
 
 from __future__ import annotations
@@ -63,23 +71,27 @@ class Timings:
         return Spread(statistics.median(values), min(values), max(values))
 
     def ratio(self, numerator: str, denominator: str, *, max_relative_range: float = 0.5) -> Spread:
-        """How many times as long ``numerator`` takes as ``denominator``, round by round.
+        """How many times as long ``numerator`` takes as ``denominator``, round by round:
+        the median of the per-round ratios, with the lowest and highest.
 
-        Raises :class:`NoisyTimingError` when the per-round ratios range over more than
-        ``max_relative_range`` times their median (the default, 0.5, allows 1.2 to 1.7
-        around a median of 1.4, but not 1.0 to 2.0; ``float("inf")`` never refuses, for a
-        table that shows the range instead).
+        Raises :class:`NoisyTimingError` when the middle half of the per-round ratios
+        (from the lower to the upper quartile) spans more than ``max_relative_range``
+        times their median. The default, 0.5, allows quartiles of 1.2 and 1.7 around a
+        median of 1.4, but not 1.0 and 2.0; a single stalled round does not count.
+        ``float("inf")`` never refuses, for a table that shows the range instead.
         """
         if isinstance(max_relative_range, bool) or not isinstance(max_relative_range, Real) or not max_relative_range > 0:
             raise ValueError(f"max_relative_range must be a number > 0 (inf never refuses), got {max_relative_range!r}")
         top, bottom = self.rounds[self._check_name(numerator)], self.rounds[self._check_name(denominator)]
         per_round = [a / b for a, b in zip(top, bottom)]
         spread = Spread(statistics.median(per_round), min(per_round), max(per_round))
-        if spread.relative_range > max_relative_range:
+        q1, q3 = _quartiles(per_round)
+        if (q3 - q1) > max_relative_range * spread.median:
             raise NoisyTimingError(
                 f"the ratio {numerator} / {denominator} ranged from {spread.low:.3g} to "
-                f"{spread.high:.3g} over {len(per_round)} rounds (median {spread.median:.3g}); "
-                f"that is more than max_relative_range={max_relative_range:g} times the median. "
+                f"{spread.high:.3g} over {len(per_round)} rounds (median {spread.median:.3g}, "
+                f"quartiles {q1:.3g} and {q3:.3g}); the quartiles are more than "
+                f"max_relative_range={max_relative_range:g} times the median apart. "
                 "The machine is too busy for this timing: run it again on a quieter machine, "
                 "or with more rounds or calls."
             )
@@ -108,6 +120,28 @@ class Timings:
         return f"Timings({parts}; {self.describe()})"
 
 
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    """The lower and upper quartiles, interpolated between the sorted values (the
+    "inclusive" method of :func:`statistics.quantiles`)."""
+    if len(values) < 2:
+        return values[0], values[0]
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q3
+
+
+_allocator_settled = False
+
+
+def _settle_allocator() -> None:
+    """Allocate, touch and free one 28 MiB block, once per process (see the module doc)."""
+    global _allocator_settled
+    if not _allocator_settled:
+        block = torch.empty(28 * 2**20, dtype=torch.uint8)
+        block.fill_(0)
+        del block
+        _allocator_settled = True
+
+
 def compare(
     variants: Mapping[str, Callable[[], object]],
     *,
@@ -123,7 +157,8 @@ def compare(
     rounds, the variants take turns (the order rotates by one each round) and each runs
     ``calls`` times, each call timed on its own; the round keeps the median call. Runs
     without autograd unless ``grad=True`` (to time training steps), with the CPU thread
-    count fixed to ``num_threads`` and restored afterwards.
+    count fixed to ``num_threads`` and restored afterwards. The first call in a process
+    settles the memory allocator first (see the module doc).
     """
     if not isinstance(variants, Mapping) or not variants:
         raise ValueError("variants must be a non-empty mapping from names to callables")
@@ -135,6 +170,7 @@ def compare(
     warmup = positive_int("warmup", warmup)
     num_threads = positive_int("num_threads", num_threads)
     names = list(variants)
+    _settle_allocator()
     threads_before = torch.get_num_threads()
     torch.set_num_threads(num_threads)
     try:
