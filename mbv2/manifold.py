@@ -5,8 +5,9 @@ passed through an activation, and mapped back to 2-D. The paper maps back with t
 pseudo-inverse of T (:func:`relu_round_trip`); the best inverse that knows which units
 are in their linear range (:func:`active_set_inverse`) recovers x exactly wherever at
 least two units are, and nowhere else can any inverse do so locally. How often fewer than
-two units are left is measured by :func:`collapsed_fraction` and derived in closed form
-by :func:`collapsed_fraction_theory`.
+two units are left is measured by :func:`collapsed_fraction` (matrix by matrix, for a
+standard error, by :func:`collapsed_fraction_per_matrix`) and derived in closed form by
+:func:`collapsed_fraction_theory`.
 
 A unit is *in its linear range* where its derivative is 1: z > 0 for ReLU, 0 < z < 6 for
 ReLU6 (a unit at the cap of 6 is as flat as one at 0, so it carries no local information
@@ -170,21 +171,28 @@ def collapsed_fraction(
     x -> activation(T x) has rank below 2 there. For "relu6" a unit at the cap of 6 counts
     as lost, like a unit at 0, so the fraction depends on ``scale`` (the standard deviation
     of T's entries); for "relu" it does not, and "linear" never collapses when ``dim`` >= 2.
+    The mean of :func:`collapsed_fraction_per_matrix` with the same arguments.
     """
-    activation = one_of("activation", activation, ACTIVATIONS)
-    points = make_spiral(num_points)
-    trials = positive_int("trials", trials)
-    dim = positive_int("dim", dim)
-    scale = real_at_least("scale", scale, 0.0, strict=True)
-    chunk = max(1, 2_000_000 // (len(points) * dim))  # bound the memory of T x
-    rng = _rng(seed)
-    collapsed = 0
-    for start in range(0, trials, chunk):
-        count = min(chunk, trials - start)
-        T = _draw(rng, dim, count, scale)
-        z = T @ points.T  # (count, dim, P)
-        collapsed += int((linear_units(z, activation).sum(axis=1) < 2).sum())
-    return collapsed / (trials * len(points))
+    counts = _collapsed_counts(dim, activation, num_points, trials, scale, seed)
+    return int(counts.sum()) / (len(counts) * num_points)
+
+
+def collapsed_fraction_per_matrix(
+    dim: int,
+    *,
+    activation: str = "relu",
+    num_points: int = 200,
+    trials: int = 1000,
+    scale: float = 1.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """:func:`collapsed_fraction` matrix by matrix: an array of ``trials`` fractions, one per T.
+
+    The matrices are independent, the points of one spiral are not (they share T), so the
+    standard error of :func:`collapsed_fraction` is ``std / sqrt(trials)`` of these values.
+    """
+    counts = _collapsed_counts(dim, activation, num_points, trials, scale, seed)
+    return counts / num_points
 
 
 def collapsed_fraction_theory(dim: int, *, active_probability=0.5, manifold_dim: int = 2) -> float:
@@ -234,6 +242,23 @@ def unit_linear_probability(points: np.ndarray, *, activation: str = "relu", sca
 def _binomial_below(n: int, p: Fraction, d: int) -> Fraction:
     """P(Binomial(n, p) < d), exactly."""
     return sum(math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(min(d, n + 1)))
+
+
+def _collapsed_counts(dim, activation, num_points, trials, scale, seed) -> np.ndarray:
+    """For each of ``trials`` matrices T, how many spiral points have < 2 linear units."""
+    activation = one_of("activation", activation, ACTIVATIONS)
+    points = make_spiral(num_points)
+    trials = positive_int("trials", trials)
+    dim = positive_int("dim", dim)
+    scale = real_at_least("scale", scale, 0.0, strict=True)
+    chunk = max(1, 2_000_000 // (len(points) * dim))  # bound the memory of T x
+    rng = _rng(seed)
+    counts = []
+    for start in range(0, trials, chunk):
+        T = _draw(rng, dim, min(chunk, trials - start), scale)
+        z = T @ points.T  # (count, dim, P)
+        counts.append((linear_units(z, activation).sum(axis=1) < 2).sum(axis=1))
+    return np.concatenate(counts)
 
 
 class _Trips(NamedTuple):

@@ -124,23 +124,68 @@ def _standard_error_bound(p, trials):
     return math.sqrt(p * (1 - p) / trials)
 
 
-@pytest.mark.parametrize("dim", range(1, 16))
-def test_collapsed_fraction_agrees_with_theory_within_sampling_error(dim):
+def _trials_to_resolve(p):
+    """Enough independent samples that 4 standard errors are at most p / 2: a measured
+    fraction of 0 (or of 2p) then fails the 4-standard-error check."""
+    return max(1000, math.ceil(64 * (1 - p) / p))
+
+
+@pytest.mark.parametrize("dim", range(1, 17))
+def test_collapsed_fraction_agrees_with_theory_on_independent_samples(dim):
+    # One point (num_points=1) and one fresh T per trial: the trials are independent
+    # Bernoulli(p) samples, so the standard error is exactly sqrt(p (1 - p) / trials).
+    theory = M.collapsed_fraction_theory(dim)
+    trials = _trials_to_resolve(theory)
+    tolerance = 4 * math.sqrt(theory * (1 - theory) / trials)
+    assert tolerance <= theory / 2  # the check below can fail, even for a result of 0
+    measured = M.collapsed_fraction(dim, trials=trials, num_points=1, seed=dim)
+    assert abs(measured - theory) <= tolerance + 1e-12
+
+
+@pytest.mark.parametrize("dim", range(2, 12))
+def test_collapsed_fraction_of_the_spiral_agrees_with_theory(dim):
+    # Correlated points (the whole spiral shares T): only the bound on the standard error
+    # is known, and it is small enough to fail a result of 0 up to dim = 11.
     trials = 4000
     theory = M.collapsed_fraction_theory(dim)
+    tolerance = 4 * _standard_error_bound(theory, trials)
+    assert tolerance < theory
     measured = M.collapsed_fraction(dim, trials=trials, num_points=50, seed=dim)
-    assert abs(measured - theory) <= 4 * _standard_error_bound(theory, trials) + 1e-12
+    assert abs(measured - theory) <= tolerance
 
 
-@pytest.mark.parametrize("dim", [2, 5, 10, 20])
+def test_collapsed_fraction_per_matrix():
+    per_matrix = M.collapsed_fraction_per_matrix(6, trials=3000, num_points=40, seed=1)
+    assert per_matrix.shape == (3000,)
+    assert np.all((per_matrix >= 0) & (per_matrix <= 1))
+    np.testing.assert_array_equal(per_matrix * 40, np.round(per_matrix * 40))  # counts / 40
+    # The mean is collapsed_fraction with the same arguments, to the last bit of the count.
+    assert per_matrix.mean() == pytest.approx(
+        M.collapsed_fraction(6, trials=3000, num_points=40, seed=1), rel=1e-12)
+    # The points of one spiral share T: a matrix collapses a whole arc or nothing, so the
+    # fractions vary between matrices, but less than independent 0/1 samples would
+    # (standard deviation below sqrt(p (1 - p))), and their mean agrees with the theory
+    # within 4 empirical standard errors.
+    p = M.collapsed_fraction_theory(6)
+    assert 0 < per_matrix.std() < math.sqrt(p * (1 - p))
+    assert (per_matrix > 0).mean() > p  # more matrices touch the collapse than points do
+    assert abs(per_matrix.mean() - p) <= 4 * per_matrix.std(ddof=1) / math.sqrt(3000)
+    assert 4 * per_matrix.std(ddof=1) / math.sqrt(3000) < p / 4
+    np.testing.assert_array_equal(
+        per_matrix, M.collapsed_fraction_per_matrix(6, trials=3000, num_points=40, seed=1))
+
+
+@pytest.mark.parametrize("dim", [2, 5, 10, 15])
 def test_relu6_collapsed_fraction_counts_saturated_units(dim):
     trials, scale = 4000, 8.0
     spiral = M.make_spiral(50)
     p = M.unit_linear_probability(spiral, activation="relu6", scale=scale)
     theory = M.collapsed_fraction_theory(dim, active_probability=p)
+    tolerance = 4 * _standard_error_bound(theory, trials)
+    assert tolerance < theory
     measured = M.collapsed_fraction(dim, activation="relu6", trials=trials, num_points=50,
                                     scale=scale, seed=dim)
-    assert abs(measured - theory) <= 4 * _standard_error_bound(theory, trials)
+    assert abs(measured - theory) <= tolerance
     # Saturation loses more than ReLU alone, which does not depend on the scale. With the
     # same seed, the matrices are the same: a point that ReLU collapses, ReLU6 collapses too.
     relu = M.collapsed_fraction(dim, trials=trials, num_points=50, scale=scale, seed=dim)
@@ -180,6 +225,8 @@ def test_round_trip_errors_fall_with_width():
     (lambda: M.collapsed_fraction(3, scale=-1), "scale must be a finite number > 0"),
     (lambda: M.collapsed_fraction(3, seed=-1), "seed must be an integer >= 0"),
     (lambda: M.collapsed_fraction(3, activation="tanh"), "activation must be one of"),
+    (lambda: M.collapsed_fraction_per_matrix(3, trials=0), "trials must be an integer >= 1"),
+    (lambda: M.collapsed_fraction_per_matrix(3, num_points=0), "num_points must be an integer >= 1"),
     (lambda: M.relu_round_trip(np.zeros(5), 3), r"points must have shape \(P, 2\)"),
     (lambda: M.relu_round_trip([[np.nan, 0.0]], 3), "points must be finite"),
     (lambda: M.active_set_inverse(M.make_spiral(5), 3, activation="elu"), "activation must be one of"),
