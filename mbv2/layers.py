@@ -42,8 +42,11 @@ class ConvBNAct(nn.Sequential):
         kernel_size: side of the square kernel (odd, so that padding keeps the size).
         stride: spatial stride.
         groups: 1 for a standard convolution, ``in_channels`` for a depthwise one.
-        activation: a callable that builds the activation module (a class such as
-            ``nn.ReLU6``), or ``None`` for a linear layer.
+        activation: keyword only; a callable that builds the activation module (a class
+            such as ``nn.ReLU6``), or ``None`` for a linear layer. The default,
+            ``nn.ReLU6``, is MobileNetV2's activation; the layers of this package name
+            theirs at every call (MobileNetV2 ``nn.ReLU6`` or ``None``, MobileNetV1
+            ``nn.ReLU``), so that the code shows which activation each layer has.
 
     The submodules are named ``conv``, ``bn`` and, when there is an activation, ``act``.
     """
@@ -55,6 +58,7 @@ class ConvBNAct(nn.Sequential):
         kernel_size: int = 3,
         stride: int = 1,
         groups: int = 1,
+        *,
         activation: Activation = nn.ReLU6,
     ) -> None:
         in_channels, out_channels, groups = conv_channels(in_channels, out_channels, groups)
@@ -105,8 +109,13 @@ class DepthwiseSeparableConv(nn.Sequential):
         stride = one_of("stride", stride, (1, 2))
         super().__init__(
             OrderedDict(
-                depthwise=ConvBNAct(in_channels, in_channels, 3, stride, in_channels, activation),
-                pointwise=ConvBNAct(in_channels, out_channels, 1, 1, 1, activation),
+                depthwise=ConvBNAct(
+                    in_channels, in_channels, kernel_size=3, stride=stride,
+                    groups=in_channels, activation=activation,
+                ),
+                pointwise=ConvBNAct(
+                    in_channels, out_channels, kernel_size=1, activation=activation
+                ),
             )
         )
 
@@ -149,13 +158,19 @@ class InvertedResidual(nn.Module):
 
         hidden = self.hidden_channels
         if self.expand_ratio == 1:
-            # t = 1: the input already has the width the depthwise conv works on.
+            # t = 1: nothing to expand; the depthwise conv takes the input.
             self.expansion: nn.Module = nn.Identity()
         else:
-            self.expansion = ConvBNAct(in_channels, hidden, kernel_size=1)
-        self.depthwise = ConvBNAct(hidden, hidden, kernel_size=3, stride=stride, groups=hidden)
+            self.expansion = ConvBNAct(
+                in_channels, hidden, kernel_size=1, activation=nn.ReLU6
+            )
+        self.depthwise = ConvBNAct(
+            hidden, hidden, kernel_size=3, stride=stride, groups=hidden,
+            activation=nn.ReLU6,
+        )
         self.projection = ConvBNAct(
-            hidden, out_channels, kernel_size=1, activation=projection_activation
+            hidden, out_channels, kernel_size=1,
+            activation=projection_activation,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

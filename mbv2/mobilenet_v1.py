@@ -56,7 +56,9 @@ class MobileNetV1(nn.Module):
         self.stem = ConvBNAct(3, V1_STEM_CHANNELS, kernel_size=3, stride=2, activation=nn.ReLU)
         units, channels = [], V1_STEM_CHANNELS
         for spec in MOBILENET_V1_TABLE:
-            units.append(DepthwiseSeparableConv(channels, spec.c, stride=spec.s))
+            units.append(
+                DepthwiseSeparableConv(channels, spec.c, stride=spec.s, activation=nn.ReLU)
+            )
             channels = spec.c
         self.units = nn.Sequential(*units)
         self.pool = nn.AdaptiveAvgPool2d(1)

@@ -95,7 +95,9 @@ class MobileNetV2(nn.Module):
         self.min_input_size = STEM_STRIDE * math.prod(spec.s for spec in self.stage_specs)
 
         channels = make_divisible(STEM_CHANNELS * width_mult)
-        self.stem = ConvBNAct(3, channels, kernel_size=3, stride=STEM_STRIDE)
+        self.stem = ConvBNAct(
+            3, channels, kernel_size=3, stride=STEM_STRIDE, activation=nn.ReLU6
+        )
         stage_modules = []
         for spec in self.stage_specs:
             out_channels = make_divisible(spec.c * width_mult)
@@ -114,7 +116,9 @@ class MobileNetV2(nn.Module):
             stage_modules.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stage_modules)
         self.last_channels = make_divisible(LAST_CHANNELS * max(1.0, width_mult))
-        self.head = ConvBNAct(channels, self.last_channels, kernel_size=1)
+        self.head = ConvBNAct(
+            channels, self.last_channels, kernel_size=1, activation=nn.ReLU6
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(
             OrderedDict(
@@ -228,7 +232,10 @@ def with_t1_expansion(model: MobileNetV2) -> MobileNetV2:
     variant = copy.deepcopy(model)
     for block in variant.blocks():
         if block.expand_ratio == 1:
-            block.expansion = ConvBNAct(block.in_channels, block.hidden_channels, kernel_size=1)
+            block.expansion = ConvBNAct(
+                block.in_channels, block.hidden_channels, kernel_size=1,
+                activation=nn.ReLU6,
+            )
     variant.train(model.training)
     return variant
 

@@ -19,6 +19,23 @@ def test_conv_bn_act_layout_and_same_padding():
     assert [name for name, _ in linear.named_children()] == ["conv", "bn"]
 
 
+def test_conv_bn_act_takes_the_activation_by_keyword_only():
+    # So that a call shows which activation a layer gets, and a positional argument
+    # meant for another parameter cannot silently become the activation.
+    with pytest.raises(TypeError):
+        ConvBNAct(8, 16, 1, 1, 1, nn.ReLU)
+    assert isinstance(ConvBNAct(8, 16, 1, activation=nn.ReLU).act, nn.ReLU)
+
+
+def test_inverted_residual_has_relu6_after_expansion_and_depthwise_only():
+    block = InvertedResidual(16, 24, stride=2, expand_ratio=6)
+    assert isinstance(block.expansion.act, nn.ReLU6)
+    assert isinstance(block.depthwise.act, nn.ReLU6)
+    assert not hasattr(block.projection, "act")
+    t1 = InvertedResidual(32, 16, stride=1, expand_ratio=1)
+    assert isinstance(t1.depthwise.act, nn.ReLU6)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(in_channels=0, out_channels=4), "in_channels must be an integer >= 1"),
     (dict(in_channels=4, out_channels=4, kernel_size=2), "kernel_size must be odd"),

@@ -7,6 +7,7 @@ from torch import nn
 from torchvision.models._utils import _make_divisible as torchvision_make_divisible
 
 from mbv2 import PAPER_TABLE_2, InvertedResidual, MobileNetV2, StageSpec, make_divisible, trace_shapes
+from mbv2.model import with_t1_expansion
 
 WIDTHS = [0.35, 0.5, 0.75, 1.0, 1.3, 1.4]
 
@@ -135,6 +136,25 @@ def test_forward_rejects_bad_inputs(shape, match):
 def test_forward_rejects_non_tensors():
     with pytest.raises(TypeError, match="input must be a torch.Tensor, got ndarray"):
         MobileNetV2()(torch.randn(1, 3, 32, 32).numpy())
+
+
+def activations(model):
+    return [type(m) for m in model.modules() if type(m).__module__ == "torch.nn.modules.activation"]
+
+
+def test_activations_are_relu6_in_v2_and_relu_in_v1():
+    from mbv2.mobilenet_v1 import MobileNetV1
+
+    v2 = MobileNetV2()
+    convs = sum(isinstance(m, nn.Conv2d) for m in v2.modules())
+    # ReLU6 after the stem, the head, every expansion and every depthwise conv; the 17
+    # projections are linear (the first block, t = 1, has no expansion).
+    assert activations(v2) == [nn.ReLU6] * 35
+    assert convs == 35 + len(v2.blocks())
+    v1 = MobileNetV1()
+    assert activations(v1) == [nn.ReLU] * (1 + 2 * 13)
+    variant = with_t1_expansion(v2)
+    assert isinstance(variant.stages[0][0].expansion.act, nn.ReLU6)
 
 
 def test_blocks_are_inverted_residuals_in_order():
