@@ -10,7 +10,10 @@ book's :mod:`mbv2.cost`) counts no multiply-adds for batch norm.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
+import warnings
 from pathlib import Path
 
 import torch
@@ -19,10 +22,15 @@ from torch import nn
 from ._checks import positive_int
 from .layers import ConvBNAct
 
-__all__ = ["export_onnx", "fold_batch_norm", "fold_conv_bn", "runtimes"]
+__all__ = [
+    "compiler_available", "export_onnx", "fold_batch_norm", "fold_conv_bn", "onnx_session", "runtimes",
+    "torchscript_frozen",
+]
 
 #: The ONNX operator set :func:`export_onnx` writes (supported by onnxruntime >= 1.14).
 ONNX_OPSET = 18
+#: The largest height and width of an export with ``dynamic_size=True``.
+MAX_DYNAMIC_SIZE = 1024
 
 
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -76,32 +84,80 @@ def fold_batch_norm(model: nn.Module) -> nn.Module:
     return folded
 
 
-def export_onnx(model: nn.Module, path: str | Path, resolution: int = 224) -> Path:
+def export_onnx(model: nn.Module, path: str | Path, resolution: int = 224, *, dynamic_size: bool = False) -> Path:
     """Export ``model`` (in eval mode) to an ONNX file at ``path`` and return the path.
 
     The graph takes a float32 batch of shape (N, 3, resolution, resolution) with N free
     (a dynamic batch dimension) and uses ONNX opset :data:`ONNX_OPSET`; it is written by
-    PyTorch's ``torch.export``-based exporter (``dynamo=True``).
+    PyTorch's ``torch.export``-based exporter (``dynamo=True``), weights included (no
+    separate data file). With
+    ``dynamic_size=True`` the height and width are free too (from ``model.min_input_size``,
+    or 32, up to 1,024), so that one file serves every input resolution; ``resolution``
+    is then only the size of the example that is traced.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     resolution = positive_int("resolution", resolution)
+    if not isinstance(dynamic_size, bool):
+        raise TypeError(f"dynamic_size must be True or False, got {dynamic_size!r}")
     path = Path(path)
     if path.suffix != ".onnx":
         raise ValueError(f"path must end in .onnx, got {str(path)!r}")
+    (name,) = _forward_argument_names(model)
+    axes = {0: torch.export.Dim("batch")}
+    if dynamic_size:
+        smallest = getattr(model, "min_input_size", 32)
+        axes[2] = torch.export.Dim("height", min=smallest, max=MAX_DYNAMIC_SIZE)
+        axes[3] = torch.export.Dim("width", min=smallest, max=MAX_DYNAMIC_SIZE)
     was_training = model.training
     model.eval()
     try:
         example = torch.zeros(2, 3, resolution, resolution)
-        (name,) = _forward_argument_names(model)
-        torch.onnx.export(
-            model, (example,), path, dynamo=True, verbose=False, opset_version=ONNX_OPSET,
-            dynamic_shapes={name: {0: torch.export.Dim("batch")}}, input_names=["images"],
-            output_names=["logits"],
-        )
+        with contextlib.redirect_stdout(io.StringIO()):  # the exporter reports its steps
+            torch.onnx.export(
+                model, (example,), path, dynamo=True, verbose=False, opset_version=ONNX_OPSET,
+                dynamic_shapes={name: axes}, input_names=["images"], output_names=["logits"],
+                external_data=False,  # one self-contained file
+            )
     finally:
         model.train(was_training)
     return path
+
+
+def onnx_session(path: str | Path, *, num_threads: int = 1):
+    """An ONNX Runtime session for the file at ``path`` on the CPU, with all graph
+    optimisations and ``num_threads`` threads for each operator (one inter-op thread)."""
+    import onnxruntime
+
+    num_threads = positive_int("num_threads", num_threads)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = num_threads
+    options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def torchscript_frozen(model: nn.Module, resolution: int = 224) -> torch.jit.ScriptModule:
+    """``model`` traced by TorchScript, frozen (weights become constants, batch norm is
+    folded) and optimised for inference (on CPUs with oneDNN, convolutions are rewritten
+    to its blocked layout). TorchScript is deprecated in favour of ``torch.export`` and
+    ``torch.compile``; it is here because it is still the fastest way PyTorch 2 runs this
+    network on a CPU without a compiler, and its deprecation warnings are silenced."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    resolution = positive_int("resolution", resolution)
+    model = copy.deepcopy(model).eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", message="Converting a tensor to a Python boolean")
+        traced = torch.jit.trace(model, torch.zeros(1, 3, resolution, resolution))
+        return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+
+
+def compiler_available() -> bool:
+    """Whether ``torch.compile``'s CPU back end can run here: it needs a C++ compiler."""
+    import shutil
+
+    return any(shutil.which(name) for name in ("c++", "g++", "clang++"))
 
 
 def _forward_argument_names(model: nn.Module) -> list[str]:
@@ -114,7 +170,10 @@ def _forward_argument_names(model: nn.Module) -> list[str]:
     return names
 
 
-def runtimes(model: nn.Module, resolution: int = 224, *, num_threads: int = 1, workdir: str | Path | None = None) -> dict:
+def runtimes(
+    model: nn.Module, resolution: int = 224, *, num_threads: int = 1, workdir: str | Path | None = None,
+    compile: bool = False,
+) -> dict:
     """Ways to run ``model`` on one image, as callables without arguments for
     :func:`mbv2.benchmark.compare`, each checked to agree with the eager model.
 
@@ -122,35 +181,43 @@ def runtimes(model: nn.Module, resolution: int = 224, *, num_threads: int = 1, w
     * ``"PyTorch, BN folded"``: :func:`fold_batch_norm`;
     * ``"PyTorch, BN folded, channels-last"``: the same with NHWC tensors, the layout
       PyTorch's CPU convolutions prefer;
+    * ``"TorchScript, frozen"``: :func:`torchscript_frozen`;
+    * ``"torch.compile"`` (only with ``compile=True``, which needs a C++ compiler, see
+      :func:`compiler_available`): the folded model compiled by TorchInductor; compiling
+      takes tens of seconds;
     * ``"ONNX Runtime"``: the folded model exported by :func:`export_onnx` and run by
-      onnxruntime with all its graph optimisations, on ``num_threads`` threads.
+      onnxruntime with all its graph optimisations (:func:`onnx_session`).
 
+    Every variant runs on ``num_threads`` threads when timed with the same count.
     ``workdir`` holds the ONNX file (a temporary folder by default).
     """
     import tempfile
 
-    import onnxruntime
-
     resolution = positive_int("resolution", resolution)
     num_threads = positive_int("num_threads", num_threads)
+    if not isinstance(compile, bool):
+        raise TypeError(f"compile must be True or False, got {compile!r}")
+    if compile and not compiler_available():
+        raise RuntimeError("compile=True needs a C++ compiler (c++, g++ or clang++) on the PATH")
     model = copy.deepcopy(model).eval()
     folded = fold_batch_norm(model)
     x = torch.randn(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
     nhwc_model = copy.deepcopy(folded).to(memory_format=torch.channels_last)
     nhwc = x.contiguous(memory_format=torch.channels_last)
+    scripted = torchscript_frozen(folded, resolution)
     folder = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="mbv2-onnx-"))
-    path = export_onnx(folded, folder / "model.onnx", resolution)
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = num_threads
-    options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = onnx_session(export_onnx(folded, folder / "model.onnx", resolution), num_threads=num_threads)
     feed = {"images": x.numpy()}
     variants = {
         "PyTorch eager": lambda: model(x),
         "PyTorch, BN folded": lambda: folded(x),
         "PyTorch, BN folded, channels-last": lambda: nhwc_model(nhwc),
-        "ONNX Runtime": lambda: session.run(None, feed)[0],
+        "TorchScript, frozen": lambda: scripted(x),
     }
+    if compile:
+        compiled = torch.compile(folded)
+        variants["torch.compile"] = lambda: compiled(x)
+    variants["ONNX Runtime"] = lambda: session.run(None, feed)[0]
     with torch.no_grad():
         reference = model(x)
         for name, run in variants.items():

@@ -4,7 +4,10 @@ import torch
 from torch import nn
 
 from mbv2 import MobileNetV2
-from mbv2.deploy import ONNX_OPSET, export_onnx, fold_batch_norm, fold_conv_bn
+from mbv2.deploy import (
+    ONNX_OPSET, compiler_available, export_onnx, fold_batch_norm, fold_conv_bn, onnx_session, runtimes,
+    torchscript_frozen,
+)
 from mbv2.mobilenet_v1 import MobileNetV1
 from mbv2.torchvision_compat import randomise_batch_norm as randomise
 
@@ -70,6 +73,9 @@ def test_export_onnx_runs_in_onnxruntime_with_a_free_batch_size(tmp_path):
     (lambda: fold_batch_norm("model"), TypeError, "model must be a torch.nn.Module"),
     (lambda: export_onnx(MobileNetV2(), "model.pt"), ValueError, "path must end in .onnx"),
     (lambda: export_onnx(MobileNetV2(), "m.onnx", resolution=0), ValueError, "resolution must be an integer >= 1"),
+    (lambda: export_onnx(MobileNetV2(), "m.onnx", dynamic_size=1), TypeError, "dynamic_size must be True or False"),
+    (lambda: torchscript_frozen(MobileNetV2(), resolution=-1), ValueError, "resolution must be an integer >= 1"),
+    (lambda: onnx_session("m.onnx", num_threads=0), ValueError, "num_threads must be an integer >= 1"),
 ])
 def test_bad_arguments(call, error, match):
     with pytest.raises(error, match=match):
@@ -78,15 +84,50 @@ def test_bad_arguments(call, error, match):
 
 def test_runtimes_agree_and_the_command_prints_the_table(tmp_path, capsys):
     from mbv2.benchmark import main
-    from mbv2.deploy import runtimes
 
     model = randomise(MobileNetV2(width_mult=0.35))
     variants = runtimes(model, 96, workdir=tmp_path)
     assert list(variants) == ["PyTorch eager", "PyTorch, BN folded", "PyTorch, BN folded, channels-last",
-                              "ONNX Runtime"]
+                              "TorchScript, frozen", "ONNX Runtime"]
     assert (tmp_path / "model.onnx").exists()
     main(["--width", "0.35", "--resolution", "96", "--threads", "1", "--rounds", "1", "--calls", "1"])
     out = capsys.readouterr().out
     assert "MobileNetV2 0.35, 96×96, batch 1: median of 1 interleaved rounds" in out
-    rows = [line for line in out.splitlines() if line.startswith(("PyTorch", "ONNX"))]
-    assert len(rows) == 4 and rows[0].split()[-2] == "1.00"
+    rows = [line for line in out.splitlines() if line.startswith(("PyTorch", "ONNX", "TorchScript"))]
+    assert len(rows) == 5 and rows[0].split()[-2] == "1.00"
+
+
+def test_a_dynamic_size_export_runs_at_every_resolution_in_one_file(tmp_path):
+    model = fold_batch_norm(randomise(MobileNetV2(width_mult=0.35)))
+    path = export_onnx(model, tmp_path / "any-size.onnx", resolution=64, dynamic_size=True)
+    assert sorted(tmp_path.iterdir()) == [path]  # weights inside, no separate data file
+    session = onnx_session(path, num_threads=1)
+    for size in (32, 96, 100):
+        x = torch.randn(1, 3, size, size)
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(session.run(None, {"images": x.numpy()})[0]), model(x),
+                                       rtol=1e-3, atol=1e-3)
+    fixed = onnx_session(export_onnx(model, tmp_path / "fixed.onnx", resolution=64))
+    with pytest.raises(Exception, match="(?i)dimension|shape"):
+        fixed.run(None, {"images": torch.randn(1, 3, 96, 96).numpy()})
+
+
+def test_torchscript_frozen_computes_the_same_function_without_batch_norm(recwarn):
+    model = randomise(MobileNetV2(width_mult=0.35)).eval()
+    frozen = torchscript_frozen(model, resolution=64)
+    assert not [w for w in recwarn if "deprecated" in str(w.message)]  # silenced on purpose
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(frozen(x), model(x), rtol=1e-4, atol=1e-4)
+    assert "batch_norm" not in str(frozen.graph)
+
+
+def test_compile_needs_a_compiler(monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert compiler_available() is False
+    with pytest.raises(RuntimeError, match="C\\+\\+ compiler"):
+        runtimes(MobileNetV2(width_mult=0.35), 64, compile=True)
+    with pytest.raises(TypeError, match="compile must be True or False"):
+        runtimes(MobileNetV2(width_mult=0.35), 64, compile="yes")
