@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from torch import nn
+
 from ._checks import conv_channels, one_of, positive_int, real_at_least
 from .layers import ConvBNAct, conv_output_size
 from .model import MobileNetV2, _check_resolution
@@ -146,7 +148,11 @@ def cost_table(model: MobileNetV2, resolution: int = 224) -> list[CostRow]:
     """Parameters and multiply-adds of each part of ``model`` for one image.
 
     One row for the stem, one per inverted residual block, one each for the
-    head, the pooling and the classifier, in the order the input meets them.
+    head, the pooling and the classifier, in the order the input meets them
+    (a backbone whose head or classifier was cut away, as the detection and
+    segmentation models do, has no rows for them). A dilated model (output
+    stride 16 or 8) costs what its strides say: dilation spaces a kernel's
+    taps but leaves its weights, and so the multiply-adds per output, unchanged.
     Each row applies the formulas of this module (:func:`conv2d_params`,
     :func:`conv2d_madds`, :func:`inverted_residual_params`,
     :func:`inverted_residual_madds`) to the module's own channel counts,
@@ -182,7 +188,11 @@ def cost_table(model: MobileNetV2, resolution: int = 224) -> list[CostRow]:
             params = inverted_residual_params(d_i, d_j, t)
             shape = (d_j, size, size)
             rows.append(CostRow(f"stages.{s}.{b}", shape, params, madds))
+    if model.head is None:  # a backbone cut after the last block (Section 6.3's "MNet V2*")
+        return rows
     conv_bn_row("head", model.head)
+    if model.classifier is None:  # a backbone for detection or segmentation heads
+        return rows
     rows.append(CostRow("pool", (model.last_channels, 1, 1), 0, 0))
     linear = model.classifier.linear
     d_i, k = linear.in_features, linear.out_features
@@ -211,3 +221,152 @@ def count_madds(model: MobileNetV2, resolution: int = 224) -> int:
     shift and the classifier's biases, and so exceeds this count by exactly their number.
     """
     return sum(row.madds for row in cost_table(model, resolution))
+
+
+# --- Detection and segmentation heads (Sections 6.2 and 6.3, Tables 5, 6 and 7) -----
+#
+# The same convention: every convolution's weights times its output values, batch norm
+# and biases not counted as multiply-adds (they are counted as parameters). Not counted
+# either: the global average pooling of DeepLab's image-level branch and the bilinear
+# upsampling (of the pooled feature back to the map, and of the class scores to the
+# input size); :func:`bilinear_madds` says what the latter would add.
+
+
+def chain_rows(name: str, module, size: int) -> tuple[list[CostRow], int]:
+    """Rows for a chain of :class:`~mbv2.layers.ConvBNAct` and ``nn.Conv2d`` layers
+    (a ``ConvBNAct``, or an ``nn.Sequential`` of them), applied to a square map of side
+    ``size``; returns the rows, one per convolution, and the side of the output.
+
+    Parameters: the convolution's weights, its bias if it has one, and batch norm's scale
+    and shift. Multiply-adds: :func:`conv2d_madds` at the output size (dilation changes
+    where the taps fall, not how many there are).
+    """
+    size = positive_int("size", size)
+    layers = [(name, module)] if isinstance(module, (ConvBNAct, nn.Conv2d)) else [
+        (f"{name}.{child}", sub) for child, sub in module.named_children()
+    ]
+    rows = []
+    for layer_name, layer in layers:
+        if isinstance(layer, ConvBNAct):
+            conv, bn = layer.conv, 2 * layer.conv.out_channels
+        elif isinstance(layer, nn.Conv2d):
+            conv, bn = layer, 0
+        elif isinstance(layer, nn.Sequential):
+            sub_rows, size = chain_rows(layer_name, layer, size)
+            rows += sub_rows
+            continue
+        else:
+            raise TypeError(f"module must be a chain of ConvBNAct and Conv2d layers, found {type(layer).__name__}")
+        k = conv.kernel_size[0]
+        if conv.padding[0] != conv.dilation[0] * (k // 2):
+            raise ValueError(f"{layer_name} does not pad to keep the size ('same' padding)")
+        size = conv_output_size(size, conv.stride[0], k)
+        d_i, d_j, groups = conv.in_channels, conv.out_channels, conv.groups
+        params = conv2d_params(d_i, d_j, k, groups, bias=conv.bias is not None) + bn
+        rows.append(CostRow(layer_name, (d_j, size, size), params, conv2d_madds(d_i, d_j, k, size, size, groups)))
+    return rows, size
+
+
+def ssd_cost_table(model) -> list[CostRow]:
+    """Parameters and multiply-adds of an :class:`~mbv2.detection.SSD` at its resolution.
+
+    Rows named ``backbone.*`` (:func:`cost_table` of the backbone: stem, blocks and the
+    1x1 conv to 1280), ``extras.i.*``, ``box_predictors.i.*`` and
+    ``class_predictors.i.*`` (one row per convolution). Predictor i runs on feature map i
+    (side :meth:`~mbv2.detection.SSD.feature_map_sizes`).
+    """
+    from .detection import SSD
+
+    if not isinstance(model, SSD):
+        raise TypeError(f"model must be an mbv2.detection.SSD, got {type(model).__name__}")
+    rows = [row._replace(name=f"backbone.{row.name}") for row in cost_table(model.backbone, model.resolution)]
+    sizes = model.feature_map_sizes()
+    for i, layer in enumerate(model.extras):
+        extra_rows, size = chain_rows(f"extras.{i}", layer, sizes[i + 1])
+        if size != sizes[i + 2]:  # pragma: no cover - guards the two size rules against drift
+            raise RuntimeError(f"extras.{i}: side {size}, expected {sizes[i + 2]}")
+        rows += extra_rows
+    for kind in ("box_predictors", "class_predictors"):
+        for i, (predictor, size) in enumerate(zip(getattr(model, kind), sizes)):
+            rows += chain_rows(f"{kind}.{i}", predictor, size)[0]
+    return rows
+
+
+def deeplab_cost_table(model, resolution: int = 512, *, space_to_batch: bool = False) -> list[CostRow]:
+    """Parameters and multiply-adds of a :class:`~mbv2.segmentation.DeepLabV3` on one
+    ``resolution`` x ``resolution`` image (PASCAL VOC: 512, or 513 as DeepLab crops it).
+
+    Rows ``backbone.*`` (:func:`cost_table` of the dilated backbone), then the head:
+    ``image_pooling.conv`` (a 1x1 conv on the pooled 1x1 map), ``branch_1x1``,
+    ``aspp.i.*``, ``projection`` and ``classifier`` (bias counted as parameters only).
+    The pooling and both bilinear upsamplings are not counted (:func:`bilinear_madds`).
+
+    ``space_to_batch`` (keyword only): count every atrous convolution the way TensorFlow
+    1 computes it, on a map padded to a multiple of the rate (:func:`space_to_batch_side`)
+    and cropped afterwards, rather than only at the output positions that are kept.
+    """
+    from .segmentation import DeepLabV3
+
+    if not isinstance(model, DeepLabV3):
+        raise TypeError(f"model must be an mbv2.segmentation.DeepLabV3, got {type(model).__name__}")
+    resolution = positive_int("resolution", resolution)
+    if resolution < model.output_stride:
+        raise ValueError(f"resolution must be at least {model.output_stride} pixels, got {resolution}")
+    if not isinstance(space_to_batch, bool):
+        raise TypeError(f"space_to_batch must be True or False, got {space_to_batch!r}")
+    backbone = cost_table(model.backbone, resolution)
+    if space_to_batch:
+        for i, row in enumerate(backbone):
+            block = model.backbone.get_submodule(row.name)
+            if getattr(block, "dilation", 1) > 1:
+                side, k = row.output_shape[-1], block.depthwise.conv.kernel_size[0]
+                wasted = space_to_batch_side(side, block.dilation) ** 2 - side * side
+                backbone[i] = row._replace(madds=row.madds + block.hidden_channels * k * k * wasted)
+    rows = [row._replace(name=f"backbone.{row.name}") for row in backbone]
+    size = backbone[-1].output_shape[-1]
+    rows += chain_rows("image_pooling.conv", model.image_pooling.conv, 1)[0]
+    rows += chain_rows("branch_1x1", model.branch_1x1, size)[0]
+    for i, branch in enumerate(model.aspp):
+        aspp_rows = chain_rows(f"aspp.{i}", branch, size)[0]
+        if space_to_batch:
+            rate = model.atrous_rates[i]
+            aspp_rows[0] = aspp_rows[0]._replace(
+                madds=aspp_rows[0].madds // (size * size) * space_to_batch_side(size, rate) ** 2)
+        rows += aspp_rows
+    rows += chain_rows("projection", model.projection, size)[0]
+    rows += chain_rows("classifier", model.classifier, size)[0]
+    return rows
+
+
+def space_to_batch_side(side: int, rate: int) -> int:
+    """The side TensorFlow 1 computes a 'same' atrous convolution at, ceil(side / rate) * rate.
+
+    ``tf.nn.convolution`` with a rate r > 1 pads the map to a multiple of r
+    (``required_space_to_batch_paddings``), splits it into r x r interleaved sub-maps
+    (``space_to_batch_nd``), runs an ordinary convolution on each and crops the result
+    back. The convolution thus produces (ceil(n / r) r)^2 output positions for a side-n
+    map, at least n^2: for n = 33 and r = 6, 36^2 = 1,296 instead of 1,089.
+    """
+    side = positive_int("side", side)
+    rate = positive_int("rate", rate)
+    return -(-side // rate) * rate
+
+
+def bilinear_madds(channels: int, out_height: int, out_width: int) -> int:
+    """Multiply-adds of bilinear upsampling to ``out_height`` x ``out_width`` x ``channels``,
+    counted as 4 per output value (each is a weighted sum of 4 input values). Not part of
+    :func:`deeplab_cost_table`; the book quotes it beside it."""
+    c = positive_int("channels", channels)
+    return 4 * c * positive_int("out_height", out_height) * positive_int("out_width", out_width)
+
+
+def group_totals(rows: list[CostRow], depth: int = 1) -> dict[str, tuple[int, int]]:
+    """(params, madds) summed over rows whose names share the first ``depth`` dotted parts
+    (``depth=1``: ``backbone``, ``extras``, ``box_predictors`` ...), in order of appearance."""
+    depth = positive_int("depth", depth)
+    totals: dict[str, tuple[int, int]] = {}
+    for row in rows:
+        key = ".".join(row.name.split(".")[:depth])
+        params, madds = totals.get(key, (0, 0))
+        totals[key] = (params + row.params, madds + row.madds)
+    return totals

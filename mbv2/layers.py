@@ -42,6 +42,10 @@ class ConvBNAct(nn.Sequential):
         kernel_size: side of the square kernel (odd, so that padding keeps the size).
         stride: spatial stride.
         groups: 1 for a standard convolution, ``in_channels`` for a depthwise one.
+        dilation: keyword only; the spacing between the kernel's taps (1, the default, is
+            an ordinary convolution; r > 1 an *atrous* one that sees a (k-1)r+1 window with
+            the same k x k weights, used for a smaller output stride, Section 6.3). The
+            padding is ``dilation * (kernel_size // 2)``, so a stride-1 layer keeps the size.
         activation: keyword only; a callable that builds the activation module (a class
             such as ``nn.ReLU6``), or ``None`` for a linear layer. The default,
             ``nn.ReLU6``, is MobileNetV2's activation; the layers of this package name
@@ -59,6 +63,7 @@ class ConvBNAct(nn.Sequential):
         stride: int = 1,
         groups: int = 1,
         *,
+        dilation: int = 1,
         activation: Activation = nn.ReLU6,
     ) -> None:
         in_channels, out_channels, groups = conv_channels(in_channels, out_channels, groups)
@@ -66,13 +71,15 @@ class ConvBNAct(nn.Sequential):
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
         stride = positive_int("stride", stride)
+        dilation = positive_int("dilation", dilation)
         layers = OrderedDict(
             conv=nn.Conv2d(
                 in_channels,
                 out_channels,
                 kernel_size,
                 stride=stride,
-                padding=kernel_size // 2,
+                padding=dilation * (kernel_size // 2),
+                dilation=dilation,
                 groups=groups,
                 bias=False,
             ),
@@ -137,6 +144,11 @@ class InvertedResidual(nn.Module):
         projection_activation: builds an activation to put after the projection, for the
             ablation of Section 6.4 / Figure 6a (e.g. ``nn.ReLU6``); ``None`` (the default)
             keeps the bottleneck linear as in the paper.
+        dilation: keyword only; the atrous rate of the depthwise convolution (1, the
+            default, is the ordinary block). The 1x1 convolutions have no spatial extent,
+            so a rate means nothing for them; this is also where the reference code
+            applies it (``expanded_conv`` passes ``rate`` to the depthwise layer only).
+            :class:`~mbv2.model.MobileNetV2` sets it for a smaller output stride.
     """
 
     def __init__(
@@ -147,11 +159,13 @@ class InvertedResidual(nn.Module):
         expand_ratio: float,
         *,
         projection_activation: Activation = None,
+        dilation: int = 1,
     ) -> None:
         super().__init__()
         self.in_channels = positive_int("in_channels", in_channels)
         self.out_channels = positive_int("out_channels", out_channels)
         self.stride = one_of("stride", stride, (1, 2))
+        self.dilation = positive_int("dilation", dilation)
         self.expand_ratio = real_at_least("expand_ratio", expand_ratio, 1.0)
         self.hidden_channels = round(in_channels * expand_ratio)
         self.use_shortcut = stride == 1 and in_channels == out_channels
@@ -166,7 +180,7 @@ class InvertedResidual(nn.Module):
             )
         self.depthwise = ConvBNAct(
             hidden, hidden, kernel_size=3, stride=stride, groups=hidden,
-            activation=nn.ReLU6,
+            dilation=self.dilation, activation=nn.ReLU6,
         )
         self.projection = ConvBNAct(
             hidden, out_channels, kernel_size=1,
@@ -182,4 +196,5 @@ class InvertedResidual(nn.Module):
             f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
             f"stride={self.stride}, expand_ratio={self.expand_ratio:g}, "
             f"use_shortcut={self.use_shortcut}"
+            + (f", dilation={self.dilation}" if self.dilation != 1 else "")
         )

@@ -71,9 +71,20 @@ class MobileNetV2(nn.Module):
         dropout: dropout probability before the classifier, in [0, 1).
         stages: the bottleneck rows (t, c, n, s); defaults to :data:`PAPER_TABLE_2`.
         projection_activation: passed to every block; ``None`` keeps the linear bottleneck.
+        output_stride: keyword only; 32 (the default, Table 2 as printed), 16 or 8: the
+            largest ratio of input side to feature-map side, reached with atrous
+            (dilated) depthwise convolutions instead of further striding (Section 6.3).
+            The rule, see :func:`atrous_schedule`, is the reference code's. Only strides
+            and dilations change: the modules, their names and parameters are the same
+            for every output stride, so one state dict fits them all.
 
-    The input is ``(N, 3, H, W)`` with H and W at least ``2 ** (number of stride-2 layers)``,
-    32 for Table 2, so that every stride-2 layer has something to halve.
+    The input is ``(N, 3, H, W)`` with H and W at least the product of the strides
+    (``min_input_size``: 32 for Table 2, the output stride otherwise), so that every
+    stride-2 layer has something to halve.
+
+    :meth:`extract` returns named intermediate maps (the endpoints of the reference code,
+    ``"layer_15/expansion_output"`` and so on), the input of detection and segmentation
+    heads.
     """
 
     def __init__(
@@ -84,6 +95,7 @@ class MobileNetV2(nn.Module):
         *,
         stages: Sequence[StageSpec] = PAPER_TABLE_2,
         projection_activation: Activation = None,
+        output_stride: int = 32,
     ) -> None:
         super().__init__()
         self.num_classes = positive_int("num_classes", num_classes)
@@ -92,24 +104,34 @@ class MobileNetV2(nn.Module):
         if dropout >= 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.stage_specs = _check_stages(stages)
-        self.min_input_size = STEM_STRIDE * math.prod(spec.s for spec in self.stage_specs)
+        output_stride = one_of("output_stride", output_stride, OUTPUT_STRIDES)
+        block_strides = [spec.s if i == 0 else 1 for spec in self.stage_specs for i in range(spec.n)]
+        # The stem, then the blocks; the 1x1 head has stride 1 and no spatial extent.
+        schedule = atrous_schedule([STEM_STRIDE, *block_strides], output_stride)
+        #: the ratio of input side to final map side: ``output_stride``, or less if the
+        #: layers never stride that much.
+        self.output_stride = math.prod(stride for stride, _ in schedule)
+        self.min_input_size = self.output_stride
 
         channels = make_divisible(STEM_CHANNELS * width_mult)
         self.stem = ConvBNAct(
             3, channels, kernel_size=3, stride=STEM_STRIDE, activation=nn.ReLU6
         )
         stage_modules = []
+        layers = iter(schedule[1:])
         for spec in self.stage_specs:
             out_channels = make_divisible(spec.c * width_mult)
             blocks = []
             for i in range(spec.n):
+                stride, dilation = next(layers)
                 blocks.append(
                     InvertedResidual(
                         channels,
                         out_channels,
-                        stride=spec.s if i == 0 else 1,
+                        stride=stride,
                         expand_ratio=spec.t,
                         projection_activation=projection_activation,
+                        dilation=dilation,
                     )
                 )
                 channels = out_channels
@@ -150,11 +172,125 @@ class MobileNetV2(nn.Module):
         """Raise an error that says what is wrong if ``x`` cannot go through the model."""
         image_batch(x, self.min_input_size)
 
+    @torch.jit.unused
+    def _check_whole(self) -> None:
+        missing = [name for name in ("head", "pool", "classifier") if getattr(self, name) is None]
+        if missing:
+            raise RuntimeError(
+                f"this MobileNetV2 is a backbone without {', '.join(missing)} (cut for detection "
+                f"or segmentation heads); use extract() for its feature maps"
+            )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
             self.check_input(x)
+            self._check_whole()
         x = self.head(self.stages(self.stem(x)))
         return self.classifier(torch.flatten(self.pool(x), 1))
+
+    def endpoints(self) -> dict[str, str]:
+        """The maps :meth:`extract` can return: endpoint name -> submodule that outputs it.
+
+        The names are the reference code's (TF-slim ``mobilenet_v2``, used by the Object
+        Detection API and DeepLab): ``layer_1`` is the stem, ``layer_2`` ... ``layer_18``
+        the 17 blocks of Table 2 in order, ``layer_19`` the 1x1 conv to 1280 channels.
+        Each block with an expansion layer also has ``layer_k/expansion_output`` (the
+        expanded tensor, before the depthwise conv and so before any stride of the block),
+        and every block ``layer_k/depthwise_output``. ``layer_15/expansion_output`` is the
+        576-channel expansion of the first 160-channel block, where SSDLite attaches its
+        first head (Section 6.2); ``layer_18`` is the 320-channel map of "MNet V2*"
+        (Section 6.3). A module cut away (set to ``None``) has no endpoint.
+        """
+        names = {"layer_1": "stem"}
+        for k, (s, b, block) in enumerate(self._indexed_blocks(), start=2):
+            if not isinstance(block.expansion, nn.Identity):
+                names[f"layer_{k}/expansion_output"] = f"stages.{s}.{b}.expansion"
+            names[f"layer_{k}/depthwise_output"] = f"stages.{s}.{b}.depthwise"
+            names[f"layer_{k}"] = f"stages.{s}.{b}"
+        if self.head is not None:
+            names[f"layer_{len(self.blocks()) + 2}"] = "head"
+        return names
+
+    def extract(self, x: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Run the network on ``x`` only as far as needed and return the maps ``names``.
+
+        ``names`` are endpoints (see :meth:`endpoints`), e.g.
+        ``["layer_15/expansion_output", "layer_19"]``; the dict has them in that order.
+        Nothing after the deepest one is computed, neither the pooling nor the classifier.
+        Gradients flow as in ``forward`` (the maps are taken with forward hooks, so the
+        blocks run their own ``forward``).
+        """
+        available = self.endpoints()
+        if isinstance(names, str) or not isinstance(names, Sequence) or not names:
+            raise ValueError(f"names must be a non-empty list of endpoint names, got {names!r}")
+        for name in names:
+            if name not in available:
+                raise ValueError(
+                    f"names must be endpoints of this model ({', '.join(available)}), got {name!r}"
+                )
+        if not torch.jit.is_scripting():
+            self.check_input(x)
+        modules = dict(self.named_modules())
+        outputs: dict[str, torch.Tensor] = {}
+        handles = []
+        for name in names:
+            def hook(module, inputs, output, name=name):
+                outputs[name] = output
+            handles.append(modules[available[name]].register_forward_hook(hook))
+        last = max(int(name.split("/")[0].split("_")[1]) for name in names)
+        try:
+            x = self.stem(x)
+            for k, (_, _, block) in enumerate(self._indexed_blocks(), start=2):
+                if k > last:
+                    break
+                x = block(x)
+            if last == len(self.blocks()) + 2:
+                self.head(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return {name: outputs[name] for name in names}
+
+    def _indexed_blocks(self):
+        return [(s, b, block) for s, stage in enumerate(self.stages) for b, block in enumerate(stage)]
+
+
+#: The output strides :class:`MobileNetV2` can be built with (Section 6.3 uses 16 and 8).
+OUTPUT_STRIDES = (32, 16, 8)
+
+
+def atrous_schedule(strides: Sequence[int], output_stride: int) -> list[tuple[int, int]]:
+    """(stride, dilation) of each layer for a network whose layers stride ``strides``.
+
+    The rule of the reference code (TF-slim ``mobilenet_base(output_stride=...)`` in
+    ``research/slim/nets/mobilenet/mobilenet.py``, which DeepLab uses for Section 6.3):
+    walk the layers keeping the product of the strides so far. While it is below
+    ``output_stride`` every layer keeps its stride and dilation 1. Once it has reached
+    ``output_stride``, a layer that would stride by s runs with stride 1 and with the
+    dilation *accumulated before it*, and every later layer's dilation is multiplied by s.
+
+    For Table 2 (stem, then the 17 blocks ``layer_2`` ... ``layer_18``), this gives:
+
+    * output stride 16: ``layer_15`` (the first 160-channel block) gets stride 1 and
+      dilation 1; ``layer_16`` to ``layer_18`` get dilation 2.
+    * output stride 8: ``layer_8`` (the first 64-channel block) gets stride 1, dilation 1;
+      ``layer_9`` to ``layer_14`` dilation 2; ``layer_15`` stride 1 and dilation 2;
+      ``layer_16`` to ``layer_18`` dilation 4.
+
+    The dilation applies to the 3x3 depthwise conv of each block. (torchvision's dilated
+    MobileNetV3 differs in one place: the layer that loses its stride already gets the
+    new, larger rate.)
+    """
+    current, rate, schedule = 1, 1, []
+    for i, stride in enumerate(strides):
+        stride = positive_int(f"strides[{i}]", stride)
+        if current >= output_stride:
+            schedule.append((1, rate))
+            rate *= stride
+        else:
+            schedule.append((stride, 1))
+            current *= stride
+    return schedule
 
 
 def _check_stages(stages: Sequence[StageSpec]) -> tuple[StageSpec, ...]:
@@ -206,8 +342,9 @@ def table_2_rows(model: MobileNetV2, resolution: int = 224) -> list[Table2Row]:
     h = conv_output_size(h, STEM_STRIDE)
     for spec, stage in zip(model.stage_specs, model.stages):
         c_out = stage[-1].out_channels
-        rows.append(Table2Row((c_in, h, h), "bottleneck", spec.t, c_out, spec.n, spec.s))
-        c_in, h = c_out, conv_output_size(h, spec.s)
+        stride = stage[0].stride  # spec.s, or 1 where a smaller output stride dilates instead
+        rows.append(Table2Row((c_in, h, h), "bottleneck", spec.t, c_out, spec.n, stride))
+        c_in, h = c_out, conv_output_size(h, stride)
     last = model.last_channels
     rows += [
         Table2Row((c_in, h, h), "conv2d 1×1", None, last, 1, 1),

@@ -107,3 +107,27 @@ def test_every_block_of_the_network():
 def test_bad_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_chain_rows_count_dilated_and_biased_convolutions_like_torchinfo():
+    from mbv2 import ConvBNAct
+    from mbv2.cost import chain_rows
+
+    chain = nn.Sequential(
+        ConvBNAct(8, 8, 3, groups=8, dilation=2), ConvBNAct(8, 16, 3, stride=2), nn.Conv2d(16, 5, 1)
+    )
+    rows, side = chain_rows("chain", chain, 15)
+    assert [r.name for r in rows] == ["chain.0", "chain.1", "chain.2"] and side == 8
+    params, madds = torchinfo_conv_counts(chain, (1, 8, 15, 15))
+    assert sum(r.madds for r in rows) == madds - 5 * 8 * 8  # torchinfo adds the bias per output
+    assert sum(r.params for r in rows) == sum(p.numel() for p in chain.parameters())
+    with pytest.raises(TypeError, match="chain of ConvBNAct and Conv2d"):
+        chain_rows("x", nn.Sequential(nn.ReLU()), 4)
+
+
+def test_group_totals():
+    from mbv2.cost import CostRow, group_totals
+
+    rows = [CostRow("a.0", (1,), 1, 10), CostRow("b.0.x", (1,), 2, 20), CostRow("a.1", (1,), 3, 30)]
+    assert group_totals(rows) == {"a": (4, 40), "b": (2, 20)}
+    assert list(group_totals(rows, depth=2)) == ["a.0", "b.0", "a.1"]
