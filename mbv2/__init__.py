@@ -4,19 +4,21 @@ Imports only torch and numpy. The names follow the paper: t, c, n, s for the row
 Table 2; expansion, depthwise and projection for the three layers of a block.
 """
 
-from . import (
-    benchmark, book, cost, data, deploy, manifold, memory, metrics, mobilenet_v1, peak_memory, photos,
-    pretrained, quantization, train,
+from . import (  # the modules, one concept each (imports of their heavier dependencies wait until used)
+    benchmark, book, cost, data, deploy, detection, distributed, int8, loop, manifold, memory, metrics,
+    mobilenet_v1, peak_memory, photos, pretrained, provenance, quantization, recipe, segmentation, speed, train,
 )
 from .layers import ConvBNAct, DepthwiseSeparableConv, InvertedResidual
 from .model import (
     LAST_CHANNELS,
+    OUTPUT_STRIDES,
     PAPER_TABLE_2,
     STEM_CHANNELS,
     STEM_STRIDE,
     MobileNetV2,
     StageSpec,
     Table2Row,
+    atrous_schedule,
     make_divisible,
     table_2_rows,
     with_t1_expansion,
@@ -32,12 +34,14 @@ __all__ = [
     "InvertedResidual",
     "LAST_CHANNELS",
     "MobileNetV2",
+    "OUTPUT_STRIDES",
     "PAPER_TABLE_2",
     "STEM_CHANNELS",
     "STEM_STRIDE",
     "ShapeRecord",
     "StageSpec",
     "Table2Row",
+    "atrous_schedule",
     "capture",
     "layer_summary",
     "load_pretrained",
@@ -53,3 +57,11 @@ __all__ = [
     "with_t1_expansion",
 ]
 __version__ = "0.1.0"
+
+# `python -m mbv2.train` (or mbv2.benchmark) runs a module that importing the package has
+# already imported; runpy then warns that the module runs twice. Their main() only calls
+# into the package, so the warning is noise: hide it, for this package's modules only.
+import warnings as _warnings
+
+_warnings.filterwarnings("ignore", message=r"'mbv2\.[a-z0-9_]+' found in sys\.modules after import",
+                         category=RuntimeWarning)

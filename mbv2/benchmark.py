@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m mbv2.benchmark``: the runtime table of MobileNetV2 on this machine's CPU."""
     import argparse
 
-    from .deploy import runtimes
+    from .deploy import compiler_available, runtimes
 
     parser = argparse.ArgumentParser(
         prog="python -m mbv2.benchmark",
@@ -238,15 +238,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="CPU thread counts (1 2)")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (7)")
     parser.add_argument("--calls", type=int, default=10, help="timed calls per round (10)")
+    parser.add_argument("--compile", action="store_true",
+                        help="add torch.compile (needs a C++ compiler; compiling takes a minute)")
     args = parser.parse_args(argv)
+    if args.compile and not compiler_available():
+        parser.error("--compile needs a C++ compiler (c++, g++ or clang++) on the PATH")
 
     from .model import MobileNetV2
 
     model = MobileNetV2(width_mult=args.width).eval()
     for threads in args.threads:
         torch.set_num_threads(threads)  # export and session creation use the same count
-        timings = compare(runtimes(model, args.resolution, num_threads=threads), rounds=args.rounds,
-                          calls=args.calls, num_threads=threads)
+        variants = runtimes(model, args.resolution, num_threads=threads, compile=args.compile)
+        timings = compare(variants, rounds=args.rounds, calls=args.calls, num_threads=threads)
         print(f"\nMobileNetV2 {args.width:g}, {args.resolution}×{args.resolution}, batch 1: "
               f"{timings.describe()}")
         print(f"{'runtime':36} {'ms':>7} {'range (ms)':>15} {'speed-up over eager':>22}")

@@ -21,6 +21,7 @@ from torch import nn
 
 from ._checks import positive_int
 from .layers import ConvBNAct
+from .metrics import relative_error
 
 __all__ = [
     "compiler_available", "export_onnx", "fold_batch_norm", "fold_conv_bn", "onnx_session", "runtimes",
@@ -29,6 +30,10 @@ __all__ = [
 
 #: The ONNX operator set :func:`export_onnx` writes (supported by onnxruntime >= 1.14).
 ONNX_OPSET = 18
+#: How far (relative error of the logits) the int8 variant of :func:`runtimes` may be
+#: from the eager model: the trained network's int8 logits are typically 0.1 to 0.2 away;
+#: a broken graph (wrong layout, lost scale) is near 1 or beyond.
+INT8_TOLERANCE = 0.5
 #: The largest height and width of an export with ``dynamic_size=True``.
 MAX_DYNAMIC_SIZE = 1024
 
@@ -91,9 +96,9 @@ def export_onnx(model: nn.Module, path: str | Path, resolution: int = 224, *, dy
     (a dynamic batch dimension) and uses ONNX opset :data:`ONNX_OPSET`; it is written by
     PyTorch's ``torch.export``-based exporter (``dynamo=True``), weights included (no
     separate data file). With
-    ``dynamic_size=True`` the height and width are free too (from ``model.min_input_size``,
-    or 32, up to 1,024), so that one file serves every input resolution; ``resolution``
-    is then only the size of the example that is traced.
+    ``dynamic_size=True`` the height and width are free too (from one pixel more than
+    ``model.min_input_size``, or 33, up to 1,024), so that one file serves every input
+    resolution; ``resolution`` is then only the size of the example that is traced.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -106,7 +111,9 @@ def export_onnx(model: nn.Module, path: str | Path, resolution: int = 224, *, dy
     (name,) = _forward_argument_names(model)
     axes = {0: torch.export.Dim("batch")}
     if dynamic_size:
-        smallest = getattr(model, "min_input_size", 32)
+        # At model.min_input_size the last feature map is 1×1, a case torch.export
+        # specialises; starting one pixel above keeps the sizes symbolic.
+        smallest = getattr(model, "min_input_size", 32) + 1
         axes[2] = torch.export.Dim("height", min=smallest, max=MAX_DYNAMIC_SIZE)
         axes[3] = torch.export.Dim("width", min=smallest, max=MAX_DYNAMIC_SIZE)
     was_training = model.training
@@ -130,6 +137,8 @@ def onnx_session(path: str | Path, *, num_threads: int = 1):
     import onnxruntime
 
     num_threads = positive_int("num_threads", num_threads)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"path must be an existing ONNX file, got {str(path)!r}")
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = num_threads
     options.inter_op_num_threads = 1
@@ -172,7 +181,7 @@ def _forward_argument_names(model: nn.Module) -> list[str]:
 
 def runtimes(
     model: nn.Module, resolution: int = 224, *, num_threads: int = 1, workdir: str | Path | None = None,
-    compile: bool = False,
+    compile: bool = False, int8: bool = False, image: torch.Tensor | None = None,
 ) -> dict:
     """Ways to run ``model`` on one image, as callables without arguments for
     :func:`mbv2.benchmark.compare`, each checked to agree with the eager model.
@@ -186,10 +195,17 @@ def runtimes(
       :func:`compiler_available`): the folded model compiled by TorchInductor; compiling
       takes tens of seconds;
     * ``"ONNX Runtime"``: the folded model exported by :func:`export_onnx` and run by
-      onnxruntime with all its graph optimisations (:func:`onnx_session`).
+      onnxruntime with all its graph optimisations (:func:`onnx_session`);
+    * ``"ONNX Runtime, int8"`` (only with ``int8=True``): that file quantized to 8-bit
+      integers by :func:`mbv2.int8.quantize_onnx` (per-channel weights, the classifier
+      kept in float32, activation ranges from :func:`mbv2.int8.calibration_crops`). Its
+      outputs only approximate the others': its logits are checked to be within a relative
+      error of :data:`INT8_TOLERANCE` of the eager model's, not to equal them.
 
-    Every variant runs on ``num_threads`` threads when timed with the same count.
-    ``workdir`` holds the ONNX file (a temporary folder by default).
+    Each variant runs the model on ``image`` (one image, ``(1, 3, resolution,
+    resolution)``; random by default) and on ``num_threads`` threads when timed with the
+    same count. ``workdir`` holds the ONNX files ``model.onnx`` and ``model.int8.onnx``
+    (a temporary folder by default).
     """
     import tempfile
 
@@ -199,14 +215,23 @@ def runtimes(
         raise TypeError(f"compile must be True or False, got {compile!r}")
     if compile and not compiler_available():
         raise RuntimeError("compile=True needs a C++ compiler (c++, g++ or clang++) on the PATH")
+    if not isinstance(int8, bool):
+        raise TypeError(f"int8 must be True or False, got {int8!r}")
+    if image is None:
+        x = torch.randn(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
+    elif not isinstance(image, torch.Tensor) or tuple(image.shape) != (1, 3, resolution, resolution):
+        raise ValueError(f"image must be a tensor of shape (1, 3, {resolution}, {resolution}), got "
+                         f"{tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__}")
+    else:
+        x = image
     model = copy.deepcopy(model).eval()
     folded = fold_batch_norm(model)
-    x = torch.randn(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
     nhwc_model = copy.deepcopy(folded).to(memory_format=torch.channels_last)
     nhwc = x.contiguous(memory_format=torch.channels_last)
     scripted = torchscript_frozen(folded, resolution)
     folder = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="mbv2-onnx-"))
-    session = onnx_session(export_onnx(folded, folder / "model.onnx", resolution), num_threads=num_threads)
+    float_path = export_onnx(folded, folder / "model.onnx", resolution)
+    session = onnx_session(float_path, num_threads=num_threads)
     feed = {"images": x.numpy()}
     variants = {
         "PyTorch eager": lambda: model(x),
@@ -224,4 +249,16 @@ def runtimes(
             out = torch.as_tensor(run())
             if not torch.allclose(out, reference, rtol=1e-3, atol=1e-3):
                 raise RuntimeError(f"{name} disagrees with the eager model: the runtimes cannot be compared")
+    if int8:
+        from . import int8 as int8_module
+
+        calibration = int8_module.calibration_crops(size=resolution).images
+        path = int8_module.quantize_onnx(folded, calibration, folder / "model.int8.onnx", per_channel=True,
+                                         keep_float=int8_module.CLASSIFIER, float_path=float_path)
+        session_int8 = onnx_session(path, num_threads=num_threads)
+        variants["ONNX Runtime, int8"] = lambda: session_int8.run(None, feed)[0]
+        error = relative_error(reference, torch.as_tensor(variants["ONNX Runtime, int8"]()))
+        if not error < INT8_TOLERANCE:
+            raise RuntimeError(f"ONNX Runtime, int8 is too far from the eager model (relative error of the "
+                               f"logits {error:.3g}, more than {INT8_TOLERANCE}): something is broken")
     return variants

@@ -101,3 +101,123 @@ def load_photo(name: str) -> np.ndarray:
     if image.dtype != np.uint8:
         raise RuntimeError(f"photo {name!r} loaded as {image.dtype}, expected uint8")
     return np.ascontiguousarray(image[..., :3])
+
+
+# --- Calibration photographs ------------------------------------------------------------
+#
+# A second, separate group: photographs that int8 quantization may *calibrate* on (choose
+# its activation ranges from), so that the photographs it is *evaluated* on, the twelve
+# above, play no part in choosing the ranges. They are the offline scikit-image images
+# that are not among the twelve and whose documentation states their terms: textures,
+# microscopy, a retina and a scanned text. They show surfaces and structures rather than
+# ImageNet's objects, which makes calibrating on them a cautious choice: ranges from them
+# are not tuned to the evaluation photographs.
+
+_CC0_TEXTURE = "CC0 (see the function's docstring in skimage.data)"
+#: name -> (description, loader); deliberately disjoint from :data:`PHOTOS`.
+CALIBRATION_PHOTOS: dict[str, tuple[Photo, Callable[[], np.ndarray]]] = {
+    "brick": (Photo("scikit-image", "a brick wall", _CC0_TEXTURE, True), _skimage("brick")),
+    "grass": (Photo("scikit-image", "grass", _CC0_TEXTURE, True), _skimage("grass")),
+    "gravel": (Photo("scikit-image", "gravel", _CC0_TEXTURE, True), _skimage("gravel")),
+    "cell": (Photo("scikit-image", "a cell floating in saline (quantitative phase image)", _CC0, True),
+             _skimage("cell")),
+    "retina": (Photo("scikit-image", "a fundus photograph of a human retina", "CC0 1.0 (Wikimedia Commons)",
+                     False), _skimage("retina")),
+    "immunohistochemistry": (
+        Photo("scikit-image", "stained colonic glands under a microscope", "no known copyright restrictions",
+              False),
+        _skimage("immunohistochemistry"),
+    ),
+    "text": (Photo("scikit-image", "printed text on a curved page", _PD, True), _skimage("text")),
+}
+
+
+def calibration_photo_names() -> list[str]:
+    """The names :func:`load_calibration_photo` knows; none of them is in :func:`photo_names`."""
+    return list(CALIBRATION_PHOTOS)
+
+
+def calibration_photo_info(name: str) -> Photo:
+    """The package, subject and licence of a calibration photograph."""
+    return CALIBRATION_PHOTOS[one_of("name", name, tuple(CALIBRATION_PHOTOS))][0]
+
+
+def load_calibration_photo(name: str) -> np.ndarray:
+    """The calibration photograph ``name`` as an ``(H, W, 3)`` uint8 RGB array (grayscale
+    originals with the channel repeated, as :func:`load_photo` does)."""
+    _, load = CALIBRATION_PHOTOS[one_of("name", name, tuple(CALIBRATION_PHOTOS))]
+    image = np.asarray(load())
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    if image.dtype != np.uint8:
+        raise RuntimeError(f"calibration photo {name!r} loaded as {image.dtype}, expected uint8")
+    return np.ascontiguousarray(image[..., :3])
+
+
+# --- Crops ---------------------------------------------------------------------------------
+
+
+class View(NamedTuple):
+    """A square crop of a photograph: its side as a fraction of the shorter side, and where."""
+
+    scale: float  #: side of the square / the photograph's shorter side, in (0, 1]
+    position: str  #: one of :data:`POSITIONS`
+
+
+#: Where a :class:`View` may sit.
+POSITIONS = ("centre", "top left", "top right", "bottom left", "bottom right")
+
+#: The default views: the centre at 0.875 of the shorter side (what torchvision's
+#: evaluation crop keeps: 224 of 256) and the four corners at 0.65.
+VIEWS: tuple[View, ...] = (View(0.875, "centre"),) + tuple(View(0.65, p) for p in POSITIONS[1:])
+
+
+def crop_box(height: int, width: int, view: View) -> tuple[int, int, int]:
+    """``(top, left, side)`` of ``view``'s square in a ``height`` x ``width`` photograph."""
+    from ._checks import positive_int, real_at_least
+
+    height, width = positive_int("height", height), positive_int("width", width)
+    if not isinstance(view, tuple) or len(view) != 2:
+        raise TypeError(f"view must be a View(scale, position), got {view!r}")
+    scale = real_at_least("view.scale", view[0], 0.0, strict=True)
+    if scale > 1:
+        raise ValueError(f"view.scale must be in (0, 1], got {scale!r}")
+    position = one_of("view.position", view[1], POSITIONS)
+    side = max(1, round(scale * min(height, width)))
+    if position == "centre":
+        return (height - side) // 2, (width - side) // 2, side
+    vertical, horizontal = position.split()
+    top = 0 if vertical == "top" else height - side
+    left = 0 if horizontal == "left" else width - side
+    return top, left, side
+
+
+def crops(image: np.ndarray, views: tuple[View, ...] = VIEWS, *, size: int = 224,
+          flips: bool = True) -> list[np.ndarray]:
+    """Square crops of ``image`` resized to ``size`` x ``size``, as uint8 RGB arrays.
+
+    One crop per view, in the order of ``views``, then (if ``flips``) the same crops
+    mirrored left to right: ``2 * len(views)`` crops. Resizing is bilinear with
+    antialiasing (Pillow's), as torchvision's preprocessing does.
+    """
+    from PIL import Image
+
+    from ._checks import positive_int
+
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+        described = f"shape {image.shape}, dtype {image.dtype}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(f"image must be an (H, W, 3) uint8 RGB array, got {described}")
+    size = positive_int("size", size)
+    if not isinstance(flips, bool):
+        raise TypeError(f"flips must be True or False, got {flips!r}")
+    if isinstance(views, View) or not isinstance(views, (tuple, list)) or not views:
+        raise ValueError(f"views must be a non-empty sequence of View(scale, position), got {views!r}")
+    height, width = image.shape[:2]
+    out = []
+    for view in views:
+        top, left, side = crop_box(height, width, view)
+        square = Image.fromarray(image[top:top + side, left:left + side])
+        out.append(np.asarray(square.resize((size, size), Image.BILINEAR)))
+    if flips:
+        out += [np.ascontiguousarray(c[:, ::-1]) for c in out]
+    return out

@@ -76,6 +76,7 @@ def test_export_onnx_runs_in_onnxruntime_with_a_free_batch_size(tmp_path):
     (lambda: export_onnx(MobileNetV2(), "m.onnx", dynamic_size=1), TypeError, "dynamic_size must be True or False"),
     (lambda: torchscript_frozen(MobileNetV2(), resolution=-1), ValueError, "resolution must be an integer >= 1"),
     (lambda: onnx_session("m.onnx", num_threads=0), ValueError, "num_threads must be an integer >= 1"),
+    (lambda: onnx_session("nowhere.onnx"), FileNotFoundError, "path must be an existing ONNX file"),
 ])
 def test_bad_arguments(call, error, match):
     with pytest.raises(error, match=match):
@@ -102,7 +103,7 @@ def test_a_dynamic_size_export_runs_at_every_resolution_in_one_file(tmp_path):
     path = export_onnx(model, tmp_path / "any-size.onnx", resolution=64, dynamic_size=True)
     assert sorted(tmp_path.iterdir()) == [path]  # weights inside, no separate data file
     session = onnx_session(path, num_threads=1)
-    for size in (32, 96, 100):
+    for size in (33, 96, 100):
         x = torch.randn(1, 3, size, size)
         with torch.no_grad():
             torch.testing.assert_close(torch.from_numpy(session.run(None, {"images": x.numpy()})[0]), model(x),
@@ -131,3 +132,26 @@ def test_compile_needs_a_compiler(monkeypatch):
         runtimes(MobileNetV2(width_mult=0.35), 64, compile=True)
     with pytest.raises(TypeError, match="compile must be True or False"):
         runtimes(MobileNetV2(width_mult=0.35), 64, compile="yes")
+
+
+def test_the_command_refuses_compile_without_a_compiler(monkeypatch, capsys):
+    import shutil
+
+    from mbv2.benchmark import main
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit):
+        main(["--compile", "--threads", "1"])
+    assert "--compile needs a C++ compiler" in capsys.readouterr().err
+
+
+def test_runtimes_take_an_image_and_check_its_shape(tmp_path):
+    model = randomise(MobileNetV2(width_mult=0.35))
+    image = torch.randn(1, 3, 64, 64)
+    variants = runtimes(model, 64, workdir=tmp_path, image=image)
+    with torch.no_grad():
+        torch.testing.assert_close(variants["PyTorch eager"](), model.eval()(image))
+    with pytest.raises(ValueError, match=r"image must be a tensor of shape \(1, 3, 64, 64\)"):
+        runtimes(model, 64, image=torch.randn(1, 3, 96, 96))
+    with pytest.raises(TypeError, match="int8 must be True or False"):
+        runtimes(model, 64, int8="yes")

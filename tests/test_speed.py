@@ -59,7 +59,7 @@ def test_fit_latency_rejects_bad_input(madds, seconds, match):
 
 
 def test_latency_grid_times_every_point_in_both_runtimes(tmp_path):
-    points = [(0.35, 32), (0.35, 64), (0.5, 32)]
+    points = [(0.35, 64), (0.35, 96), (0.5, 64)]
     grid, timings = speed.latency_grid(points, rounds=2, calls=1, workdir=tmp_path)
     assert {(p.runtime, p.width, p.resolution) for p in grid} == {
         (runtime, w, r) for runtime in speed.RUNTIMES for (w, r) in points}
