@@ -94,12 +94,16 @@ def load_photo(name: str) -> np.ndarray:
     Grayscale originals (``photo_info(name).grayscale``) come back with the one channel
     repeated three times, since the network takes RGB.
     """
-    _, load = PHOTOS[one_of("name", name, tuple(PHOTOS))]
+    return _load(PHOTOS, name, "photo")
+
+
+def _load(registry: dict, name: str, what: str) -> np.ndarray:
+    _, load = registry[one_of("name", name, tuple(registry))]
     image = np.asarray(load())
     if image.ndim == 2:
         image = np.stack([image] * 3, axis=-1)
     if image.dtype != np.uint8:
-        raise RuntimeError(f"photo {name!r} loaded as {image.dtype}, expected uint8")
+        raise RuntimeError(f"{what} {name!r} loaded as {image.dtype}, expected uint8")
     return np.ascontiguousarray(image[..., :3])
 
 
@@ -145,13 +149,7 @@ def calibration_photo_info(name: str) -> Photo:
 def load_calibration_photo(name: str) -> np.ndarray:
     """The calibration photograph ``name`` as an ``(H, W, 3)`` uint8 RGB array (grayscale
     originals with the channel repeated, as :func:`load_photo` does)."""
-    _, load = CALIBRATION_PHOTOS[one_of("name", name, tuple(CALIBRATION_PHOTOS))]
-    image = np.asarray(load())
-    if image.ndim == 2:
-        image = np.stack([image] * 3, axis=-1)
-    if image.dtype != np.uint8:
-        raise RuntimeError(f"calibration photo {name!r} loaded as {image.dtype}, expected uint8")
-    return np.ascontiguousarray(image[..., :3])
+    return _load(CALIBRATION_PHOTOS, name, "calibration photo")
 
 
 # --- Crops ---------------------------------------------------------------------------------
