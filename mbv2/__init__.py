@@ -5,8 +5,9 @@ Table 2; expansion, depthwise and projection for the three layers of a block.
 """
 
 from . import (  # the modules, one concept each (imports of their heavier dependencies wait until used)
-    benchmark, book, cost, data, deploy, detection, distributed, int8, loop, manifold, memory, metrics,
-    mobilenet_v1, peak_memory, photos, pretrained, provenance, quantization, recipe, segmentation, speed, train,
+    benchmark, book, cost, data, deploy, detection, distributed, experiments, int8, loop, manifold, memory,
+    metrics, mobilenet_v1, peak_memory, photos, pretrained, provenance, quantization, recipe, segmentation,
+    speed, train,
 )
 from .layers import ConvBNAct, DepthwiseSeparableConv, InvertedResidual
 from .model import (

@@ -18,7 +18,7 @@ from typing import NamedTuple
 from torch import nn
 
 from ._checks import conv_channels, one_of, positive_int, real_at_least
-from .layers import ConvBNAct, conv_output_size
+from .layers import ConvBNAct, conv_output_size, hidden_channels
 from .model import MobileNetV2, _check_resolution
 
 
@@ -80,14 +80,19 @@ def inverted_residual_madds(
     * projection, 1 x 1 at the output resolution: h' * w' * t d' * d''.
 
     For s = 1 (h' = h) and t > 1 the sum is the paper's h * w * d' * t * (d' + k^2 + d'').
+    The expanded width is ``max(1, round(t d'))`` (:func:`~mbv2.layers.hidden_channels`),
+    also for t < 1, where the "expansion" reduces the channels (Section 3.4's classic
+    bottleneck). The shortcut, wherever it joins (``shortcut`` of
+    :class:`~mbv2.layers.InvertedResidual`), is an addition without weights: it adds
+    neither parameters nor multiply-adds.
     """
     d_in = positive_int("in_channels", in_channels)
     d_out = positive_int("out_channels", out_channels)
-    t = real_at_least("expand_ratio", expand_ratio, 1.0)
+    t = real_at_least("expand_ratio", expand_ratio, 0.0, strict=True)
     h, w = positive_int("height", height), positive_int("width", width)
     stride = one_of("stride", stride, (1, 2))
     k = positive_int("kernel_size", kernel_size)
-    hidden = round(d_in * t)
+    hidden = hidden_channels(d_in, t)
     h_out, w_out = conv_output_size(h, stride, k), conv_output_size(w, stride, k)
     expansion = 0 if t == 1 else conv2d_madds(d_in, hidden, 1, h, w)
     depthwise = conv2d_madds(hidden, hidden, k, h_out, w_out, groups=hidden)
@@ -104,12 +109,13 @@ def inverted_residual_params(
 ) -> int:
     """Parameters of one bottleneck block: the three convolutions' weights
     d' * t d' + t d' * k^2 + t d' * d'' (no expansion when t = 1), plus, with
-    ``batch_norm``, a scale and a shift for every channel each convolution outputs."""
+    ``batch_norm``, a scale and a shift for every channel each convolution outputs.
+    t d' is ``max(1, round(t d'))`` for any t > 0; shortcuts have no parameters."""
     d_in = positive_int("in_channels", in_channels)
     d_out = positive_int("out_channels", out_channels)
-    t = real_at_least("expand_ratio", expand_ratio, 1.0)
+    t = real_at_least("expand_ratio", expand_ratio, 0.0, strict=True)
     k = positive_int("kernel_size", kernel_size)
-    hidden = round(d_in * t)
+    hidden = hidden_channels(d_in, t)
     weights = conv2d_params(hidden, hidden, k, groups=hidden) + conv2d_params(hidden, d_out, 1)
     bn_channels = hidden + d_out
     if t != 1:

@@ -31,7 +31,8 @@ from . import distributed
 from .provenance import provenance
 from ._checks import non_negative_int, one_of, positive_int, real_at_least
 from .data import DATA_SETS, load_dataset
-from .model import MobileNetV2
+from .layers import SHORTCUTS
+from .model import PAPER_TABLE_2, MobileNetV2, StageSpec
 from .recipe import RECIPES, ExponentialMovingAverage
 
 CHECKPOINT = "checkpoint.pt"
@@ -61,6 +62,12 @@ class TrainConfig:
     workers: int = 0             # DataLoader worker processes
     device: str = "auto"
     progress: bool = True
+    # The model's variant (the ablations of mbv2.experiments); the defaults are Table 2's.
+    shortcut: str = "bottleneck"             # InvertedResidual's shortcut
+    projection_activation: str | None = None  # None (linear bottleneck) or "relu6"
+    stages: list | None = None               # rows [t, c, n, s]; None: Table 2
+    paired_init: bool = False                # MobileNetV2.reset_parameters(seed=seed)
+    train_images: int = 0                    # train on the first N training images (0: all)
 
     def check(self) -> "TrainConfig":
         """Check every field, and fill in the recipe's batch size if it is None."""
@@ -70,11 +77,14 @@ class TrainConfig:
             self.batch_size = RECIPES[self.recipe].batch_size
         for name in ("steps", "batch_size", "image_size"):
             positive_int(name, getattr(self, name))
-        for name in ("seed", "split_seed", "save_every", "eval_every", "threads", "workers"):
+        for name in ("seed", "split_seed", "save_every", "eval_every", "threads", "workers",
+                     "train_images"):
             non_negative_int(name, getattr(self, name))
         real_at_least("width", self.width, 0.0, strict=True)
         if self.lr is not None:
             real_at_least("lr", self.lr, 0.0, strict=True)
+        one_of("shortcut", self.shortcut, SHORTCUTS)
+        one_of("projection_activation", self.projection_activation, tuple(PROJECTION_ACTIVATIONS))
         if self.resume and not self.out:
             raise ValueError("resume needs out, the folder with checkpoint.pt")
         return self
@@ -82,7 +92,23 @@ class TrainConfig:
 
 # A resumed run must agree with the checkpoint on everything that shapes the computation.
 _MUST_MATCH = ("data", "recipe", "lr", "batch_size", "width", "image_size", "seed", "split_seed",
-               "sync_bn")
+               "sync_bn", "shortcut", "projection_activation", "stages", "paired_init",
+               "train_images")
+
+#: ``TrainConfig.projection_activation``'s choices and what they build.
+PROJECTION_ACTIVATIONS = {None: None, "relu6": nn.ReLU6}
+
+
+def build_model(config: TrainConfig, num_classes: int) -> MobileNetV2:
+    """The model ``config`` trains (its width and variant), initialised as :func:`run` does
+    after ``torch.manual_seed(config.seed)``."""
+    stages = PAPER_TABLE_2 if config.stages is None else [StageSpec(*row) for row in config.stages]
+    model = MobileNetV2(num_classes=num_classes, width_mult=config.width, stages=stages,
+                        shortcut=config.shortcut,
+                        projection_activation=PROJECTION_ACTIVATIONS[config.projection_activation])
+    if config.paired_init:
+        model.reset_parameters(seed=config.seed)
+    return model
 
 
 def run(config: TrainConfig) -> dict:
@@ -108,9 +134,11 @@ def _run(config: TrainConfig, world: distributed.World) -> dict:
     if config.lr is not None:
         recipe = replace(recipe, lr=config.lr)
     split = load_dataset(config.data, image_size=config.image_size, seed=config.split_seed)
+    if config.train_images:  # a small slice of the training images (tests, quick looks)
+        split = split._replace(x_train=split.x_train[:config.train_images],
+                               y_train=split.y_train[:config.train_images])
     torch.manual_seed(config.seed)  # the same initial weights in every process
-    model = MobileNetV2(num_classes=int(split.y_train.max()) + 1,
-                        width_mult=config.width).to(world.device)
+    model = build_model(config, int(split.y_train.max()) + 1).to(world.device)
     ema = ExponentialMovingAverage(model, recipe.ema_decay) if recipe.ema_decay else None
     if config.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -148,10 +176,12 @@ def _run(config: TrainConfig, world: distributed.World) -> dict:
 
     def evaluate() -> None:
         distributed.broadcast_state(model, world, buffers_only=True)
-        row = {"step": step, "val_accuracy": distributed.sharded_accuracy(model, *split.val, world)}
+        row = {"step": step}
+        row["val_accuracy"], row["val_loss"] = _sharded_evaluation(model, *split.val, world)
         if ema is not None:
             distributed.broadcast_state(ema.module, world)
-            row["val_accuracy_ema"] = distributed.sharded_accuracy(ema.module, *split.val, world)
+            row["val_accuracy_ema"], row["val_loss_ema"] = _sharded_evaluation(
+                ema.module, *split.val, world)
         history["evals"].append(row)
 
     bar = tqdm(total=config.steps, initial=step, unit="step", mininterval=0.5,
@@ -213,8 +243,29 @@ def _run(config: TrainConfig, world: distributed.World) -> dict:
     return summary
 
 
+@torch.no_grad()
+def _sharded_evaluation(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                        world: distributed.World, batch_size: int = 500) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy (no label smoothing) of ``model`` in eval mode on
+    (x, y), each process taking every ``world.size``-th image (as
+    :func:`~mbv2.distributed.sharded_accuracy`)."""
+    was_training = model.training
+    model.eval()
+    try:
+        x, y = x[world.rank::world.size], y[world.rank::world.size]
+        correct, loss = 0, 0.0
+        for i in range(0, len(x), batch_size):
+            logits = model(x[i:i + batch_size].to(world.device)).cpu()
+            correct += (logits.argmax(1) == y[i:i + batch_size]).sum().item()
+            loss += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum").item()
+    finally:
+        model.train(was_training)
+    correct, loss, total = distributed.all_sum([correct, loss, len(x)], world)
+    return correct / total, loss / total
+
+
 def _check_resumable(state: dict, config: TrainConfig, world: distributed.World) -> None:
-    saved = state["config"]
+    saved = TrainConfig().__dict__ | state["config"]  # checkpoints from before a field existed
     differ = [f"{k}: {saved[k]!r} -> {getattr(config, k)!r}" for k in _MUST_MATCH
               if saved[k] != getattr(config, k)]
     if config.recipe == "book" and saved["steps"] != config.steps:

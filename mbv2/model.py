@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import zlib
 from collections import OrderedDict
 from typing import NamedTuple, Sequence
 
@@ -11,13 +12,13 @@ import torch
 from torch import nn
 
 from ._checks import image_batch, one_of, positive_int, real_at_least
-from .layers import Activation, ConvBNAct, InvertedResidual, conv_output_size
+from .layers import SHORTCUTS, Activation, ConvBNAct, InvertedResidual, conv_output_size, link_expansion_shortcuts
 
 
 class StageSpec(NamedTuple):
     """One bottleneck row of Table 2: a stage of ``n`` inverted residual blocks."""
 
-    t: int  #: expansion factor of every block in the stage
+    t: float  #: expansion factor of every block in the stage (> 0; Table 2 uses 1 and 6)
     c: int  #: output channels (before the width multiplier)
     n: int  #: number of blocks
     s: int  #: stride of the first block; the others have stride 1
@@ -71,6 +72,13 @@ class MobileNetV2(nn.Module):
         dropout: dropout probability before the classifier, in [0, 1).
         stages: the bottleneck rows (t, c, n, s); defaults to :data:`PAPER_TABLE_2`.
         projection_activation: passed to every block; ``None`` keeps the linear bottleneck.
+        shortcut: keyword only; ``"bottleneck"`` (the default, the paper's),
+            ``"expansion"`` or ``"none"``: where the blocks' shortcuts join (Section 6.4,
+            Figure 6b; defined in :class:`~mbv2.layers.InvertedResidual`). With
+            ``"expansion"`` the blocks are linked across stages by
+            :func:`~mbv2.layers.link_expansion_shortcuts` (``expansion_links`` of them:
+            10 for Table 2 at widths 0.35 to 1.4, where the paper's 10 shortcuts are).
+            Every choice has the same modules, state dict keys and parameters.
         output_stride: keyword only; 32 (the default, Table 2 as printed), 16 or 8: the
             largest ratio of input side to feature-map side, reached with atrous
             (dilated) depthwise convolutions instead of further striding (Section 6.3).
@@ -95,6 +103,7 @@ class MobileNetV2(nn.Module):
         *,
         stages: Sequence[StageSpec] = PAPER_TABLE_2,
         projection_activation: Activation = None,
+        shortcut: str = "bottleneck",
         output_stride: int = 32,
     ) -> None:
         super().__init__()
@@ -105,6 +114,7 @@ class MobileNetV2(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.stage_specs = _check_stages(stages)
         output_stride = one_of("output_stride", output_stride, OUTPUT_STRIDES)
+        self.shortcut = one_of("shortcut", shortcut, SHORTCUTS)
         block_strides = [spec.s if i == 0 else 1 for spec in self.stage_specs for i in range(spec.n)]
         # The stem, then the blocks; the 1x1 head has stride 1 and no spatial extent.
         schedule = atrous_schedule([STEM_STRIDE, *block_strides], output_stride)
@@ -131,12 +141,15 @@ class MobileNetV2(nn.Module):
                         stride=stride,
                         expand_ratio=spec.t,
                         projection_activation=projection_activation,
+                        shortcut=shortcut,
                         dilation=dilation,
                     )
                 )
                 channels = out_channels
             stage_modules.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stage_modules)
+        #: the number of shortcuts between expansions (0 unless shortcut="expansion")
+        self.expansion_links = link_expansion_shortcuts(self.blocks())
         self.last_channels = make_divisible(LAST_CHANNELS * max(1.0, width_mult))
         self.head = ConvBNAct(
             channels, self.last_channels, kernel_size=1, activation=nn.ReLU6
@@ -150,17 +163,30 @@ class MobileNetV2(nn.Module):
         )
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
+    def reset_parameters(self, seed: int | None = None) -> None:
         """Initialise as torchvision does: He-normal convs (fan-out), BN to identity,
-        classifier weights N(0, 0.01) and zero bias."""
-        for module in self.modules():
+        classifier weights N(0, 0.01) and zero bias.
+
+        ``seed`` None (the default, what the constructor does) draws from the global
+        generator, in module order. An integer ``seed`` draws each module's weights from a
+        generator of its own, seeded from ``seed`` and the module's name: two models
+        initialised with the same seed then have the *same* weights in every module that
+        has the same name and shape, even where other modules differ (a different
+        expansion factor changes the blocks' inner widths but not the stem, the head or
+        the classifier). The experiments of :mod:`mbv2.experiments` pair their variants so.
+        """
+        for name, module in self.named_modules():
+            generator = None
+            if seed is not None and isinstance(module, (nn.Conv2d, nn.Linear)):
+                # (the CPU generator keeps only 32 bits of a seed: hash seed and name together)
+                generator = torch.Generator().manual_seed(zlib.crc32(f"{int(seed)}/{name}".encode()))
             if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out")
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", generator=generator)
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, mean=0.0, std=0.01)
+                nn.init.normal_(module.weight, mean=0.0, std=0.01, generator=generator)
                 nn.init.zeros_(module.bias)
 
     def blocks(self) -> list[InvertedResidual]:
@@ -235,7 +261,8 @@ class MobileNetV2(nn.Module):
         handles = []
         for name in names:
             def hook(module, inputs, output, name=name):
-                outputs[name] = output
+                # a block linked by a shortcut between expansions outputs (x, E): keep x
+                outputs[name] = output[0] if isinstance(output, tuple) else output
             handles.append(modules[available[name]].register_forward_hook(hook))
         last = max(int(name.split("/")[0].split("_")[1]) for name in names)
         try:
@@ -301,7 +328,7 @@ def _check_stages(stages: Sequence[StageSpec]) -> tuple[StageSpec, ...]:
         if len(row) != 4:
             raise ValueError(f"stages[{i}] must be a (t, c, n, s) row, got {row!r}")
         t, c, n, s = row
-        real_at_least(f"stages[{i}].t", t, 1.0)
+        real_at_least(f"stages[{i}].t", t, 0.0, strict=True)
         positive_int(f"stages[{i}].c", c)
         positive_int(f"stages[{i}].n", n)
         one_of(f"stages[{i}].s", s, (1, 2))

@@ -99,7 +99,8 @@ def test_every_block_of_the_network():
     (lambda: conv2d_params(4, 6, 3, groups=4), "groups must divide"),
     (lambda: conv2d_madds(4, 4, 3, 0, 4), "out_height must be an integer >= 1"),
     (lambda: depthwise_separable_madds(4, 4, 0, 4, 4), "kernel_size must be an integer >= 1"),
-    (lambda: inverted_residual_madds(4, 4, 0.5, 4, 4), "expand_ratio must be a finite number >= 1"),
+    (lambda: inverted_residual_madds(4, 4, 0, 4, 4), "expand_ratio must be a finite number > 0"),
+    (lambda: inverted_residual_params(4, 4, -0.5), "expand_ratio must be a finite number > 0"),
     (lambda: inverted_residual_madds(4, 4, 6, 4, 4, stride=3), "stride must be one of 1, 2"),
     (lambda: inverted_residual_params(4, -1, 6), "out_channels must be an integer >= 1"),
     (lambda: conv_output_size(8, 0), "stride must be an integer >= 1"),
@@ -131,3 +132,48 @@ def test_group_totals():
     rows = [CostRow("a.0", (1,), 1, 10), CostRow("b.0.x", (1,), 2, 20), CostRow("a.1", (1,), 3, 30)]
     assert group_totals(rows) == {"a": (4, 40), "b": (2, 20)}
     assert list(group_totals(rows, depth=2)) == ["a.0", "b.0", "a.1"]
+
+
+# --- t < 1 (Section 3.4) and the shortcut placements (Figure 6b) ---------------------------
+
+@pytest.mark.parametrize("d_in, d_out, t, size, stride", [
+    (16, 16, 0.5, 14, 1), (24, 32, 0.25, 28, 2), (3, 8, 0.2, 9, 1), (64, 64, 0.75, 7, 1), (32, 24, 1.5, 8, 2),
+])
+def test_inverted_residual_counts_below_t_1_match_torchinfo(d_in, d_out, t, size, stride):
+    block = InvertedResidual(d_in, d_out, stride, t)
+    params, madds = torchinfo_conv_counts(block, (1, d_in, size, size))
+    hidden = max(1, round(d_in * t))
+    assert block.hidden_channels == hidden
+    assert inverted_residual_madds(d_in, d_out, t, size, size, stride) == madds
+    assert inverted_residual_params(d_in, d_out, t, batch_norm=False) == params
+    assert inverted_residual_params(d_in, d_out, t) == sum(p.numel() for p in block.parameters())
+    if stride == 1:  # the paper's formula holds for t < 1 too, with t d' = the hidden width
+        assert madds == size * size * hidden * (d_in + 9 + d_out)
+
+
+def _stages(t):
+    from mbv2 import PAPER_TABLE_2, StageSpec
+
+    return [StageSpec(row.t if row.t == 1 else t, row.c, row.n, row.s) for row in PAPER_TABLE_2]
+
+
+@pytest.mark.parametrize("shortcut, t, width", [
+    ("bottleneck", 6, 1.0), ("expansion", 6, 1.0), ("none", 6, 1.0),
+    ("bottleneck", 0.5, 0.35), ("expansion", 0.5, 1.0), ("none", 0.25, 0.5), ("expansion", 10, 0.35),
+])
+def test_cost_table_agrees_with_torchinfo_for_every_shortcut_and_t(shortcut, t, width):
+    from mbv2.cost import cost_table, count_madds, count_params
+
+    model = MobileNetV2(num_classes=10, width_mult=width, stages=_stages(t), shortcut=shortcut)
+    for resolution in (32, 96):
+        stats = torchinfo.summary(model, input_size=(1, 3, resolution, resolution), verbose=0)
+        bn = sum(m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+        assert count_params(model) == stats.total_params == sum(p.numel() for p in model.parameters())
+        # torchinfo also counts batch norm's scale and shift and the classifier's bias as
+        # multiply-adds; without them the counts agree exactly. Shortcuts add nothing.
+        assert stats.total_mult_adds == count_madds(model, resolution) + 2 * bn + 10
+        rows = cost_table(model, resolution)
+        assert [r.name for r in rows if r.name.startswith("stages.")] == [
+            f"stages.{s}.{b}" for s, stage in enumerate(model.stages) for b in range(len(stage))]
+    paper = MobileNetV2(num_classes=10, width_mult=width, stages=_stages(t))
+    assert count_madds(model, 32) == count_madds(paper, 32) and count_params(model) == count_params(paper)

@@ -120,8 +120,10 @@ def test_projection_is_linear_by_default_and_can_take_an_activation():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(stride=3), "stride must be one of 1, 2, got 3"),
     (dict(stride=True), "stride must be one of 1, 2, got True"),
-    (dict(expand_ratio=0.5), "expand_ratio must be a finite number >= 1, got 0.5"),
-    (dict(expand_ratio=float("nan")), "expand_ratio must be a finite number >= 1"),
+    (dict(expand_ratio=0), "expand_ratio must be a finite number > 0, got 0"),
+    (dict(expand_ratio=-0.5), "expand_ratio must be a finite number > 0"),
+    (dict(expand_ratio=float("nan")), "expand_ratio must be a finite number > 0"),
+    (dict(shortcut="identity"), "shortcut must be one of 'bottleneck', 'expansion', 'none'"),
     (dict(in_channels=0), "in_channels must be an integer >= 1, got 0"),
     (dict(out_channels=2.5), "out_channels must be an integer >= 1, got 2.5"),
 ])
@@ -129,3 +131,119 @@ def test_inverted_residual_rejects_bad_arguments(kwargs, match):
     arguments = dict(in_channels=16, out_channels=16, stride=1, expand_ratio=6) | kwargs
     with pytest.raises(ValueError, match=match):
         InvertedResidual(**arguments)
+
+
+# --- t < 1 (Section 3.4) and the shortcut placements (Section 6.4, Figure 6b) -------------
+
+from mbv2.layers import SHORTCUTS, expansion_links_possible, hidden_channels, link_expansion_shortcuts
+
+
+@pytest.mark.parametrize("k, t, hidden", [(16, 0.5, 8), (24, 0.25, 6), (3, 0.2, 1), (5, 0.01, 1), (16, 1, 16)])
+def test_t_below_1_reduces_the_channels(k, t, hidden):
+    block = InvertedResidual(k, k, stride=1, expand_ratio=t)
+    assert block.hidden_channels == hidden_channels(k, t) == hidden
+    if t == 1:
+        assert isinstance(block.expansion, nn.Identity)
+    else:
+        assert block.expansion.conv.weight.shape == (hidden, k, 1, 1)
+    assert block.depthwise.conv.weight.shape == (hidden, 1, 3, 3)
+    assert block.projection.conv.weight.shape == (k, hidden, 1, 1)
+    expected = (conv_params(k, hidden, 1) + 2 * hidden if t != 1 else 0) + conv_params(
+        hidden, hidden, 3, groups=hidden) + 2 * hidden + conv_params(hidden, k, 1) + 2 * k
+    assert sum(p.numel() for p in block.parameters()) == expected
+    # With the default shortcut this is the classic residual bottleneck: wide ends, narrow inside.
+    assert block.use_shortcut
+    assert block(torch.randn(2, k, 6, 6)).shape == (2, k, 6, 6)
+
+
+def linked_pair(t=6, stride=2, out=24, shortcut="expansion"):
+    torch.manual_seed(0)
+    first = InvertedResidual(16, 16, stride=1, expand_ratio=t, shortcut=shortcut)
+    second = InvertedResidual(16, out, stride=stride, expand_ratio=t, shortcut=shortcut)
+    for block in (first, second):  # non-trivial batch norm, in eval mode
+        for bn in (m for m in block.modules() if isinstance(m, nn.BatchNorm2d)):
+            nn.init.uniform_(bn.weight, 0.5, 1.5)
+            nn.init.normal_(bn.bias, 0.0, 0.5)
+    return first.eval(), second.eval()
+
+
+def test_shortcut_between_expansions_adds_the_expanded_tensors():
+    first, second = linked_pair()
+    assert link_expansion_shortcuts([first, second]) == 1
+    assert first.passes_expansion and second.receives_expansion
+    assert not first.use_shortcut and not second.use_shortcut
+    x = torch.randn(2, 16, 8, 8)
+    # By hand: E1 enters the first depthwise conv; the second block's depthwise conv gets
+    # its own expansion of the first block's output plus E1 (after ReLU6, no activation after).
+    e1 = first.expansion(x)
+    x1 = first.projection(first.depthwise(e1))
+    e2 = second.expansion(x1) + e1
+    expected = second.projection(second.depthwise(e2))
+    assert torch.allclose(nn.Sequential(first, second)(x), expected, atol=1e-6)
+    # The first block alone returns (output, E1).
+    out, passed = first(x)
+    assert torch.allclose(out, x1) and torch.allclose(passed, e1)
+    # Linking again is idempotent; a lone, unlinked block has no shortcut at all.
+    assert link_expansion_shortcuts([first, second]) == 1
+    link_expansion_shortcuts([first])
+    assert not first.passes_expansion and torch.allclose(first(x), x1)
+
+
+@pytest.mark.parametrize("first_kwargs, second_kwargs, linked", [
+    (dict(), dict(), True),                                      # stride 1, same width
+    (dict(stride=2), dict(), False),                             # the spatial sizes differ
+    (dict(), dict(expand_ratio=4), False),                       # 96 vs 64 expanded channels
+    (dict(out_channels=24), dict(in_channels=24, expand_ratio=4), True),  # 96 = 96: same shape
+    (dict(shortcut="bottleneck"), dict(), False),
+    (dict(), dict(shortcut="none"), False),
+])
+def test_expansion_links_exactly_where_the_expanded_tensors_have_the_same_shape(
+        first_kwargs, second_kwargs, linked):
+    a = dict(in_channels=16, out_channels=16, stride=1, expand_ratio=6, shortcut="expansion") | first_kwargs
+    b = dict(in_channels=a["out_channels"], out_channels=32, stride=1, expand_ratio=6,
+             shortcut="expansion") | second_kwargs
+    first, second = InvertedResidual(**a), InvertedResidual(**b)
+    assert expansion_links_possible(first, second) is linked
+    assert link_expansion_shortcuts([first, second]) == int(linked)
+    x = torch.randn(1, 16, 8, 8)
+    out = nn.Sequential(first, second)(x)
+    assert isinstance(out, torch.Tensor) and out.shape == (1, 32, 8 // a["stride"], 8 // a["stride"])
+
+
+def test_with_t_1_the_two_placements_compute_the_same_function():
+    # E_i is then the block's input, so adding E_i to the next block's input is the paper's shortcut.
+    bottleneck = nn.Sequential(*linked_pair(t=1, stride=1, out=16, shortcut="bottleneck"))
+    expansion = nn.Sequential(*linked_pair(t=1, stride=1, out=16, shortcut="expansion"))
+    expansion.load_state_dict(bottleneck.state_dict())
+    assert link_expansion_shortcuts(list(expansion)) == 1
+    x = torch.randn(2, 16, 8, 8)
+    # The last block of the "bottleneck" chain has its own shortcut, which has no partner
+    # block in the "expansion" chain; compare the chains without it.
+    bottleneck[1].use_shortcut = False
+    assert torch.allclose(bottleneck(x), expansion(x), atol=1e-6)
+
+
+def test_no_shortcut_and_same_parameters_for_every_placement():
+    counts, keys = set(), set()
+    for shortcut in SHORTCUTS:
+        block = InvertedResidual(16, 16, stride=1, expand_ratio=6, shortcut=shortcut).eval()
+        counts.add(sum(p.numel() for p in block.parameters()))
+        keys.add(tuple(block.state_dict()))
+        assert block.use_shortcut is (shortcut == "bottleneck")
+        nn.init.zeros_(block.projection.bn.weight)
+        nn.init.zeros_(block.projection.bn.bias)
+        out = block(torch.randn(2, 16, 8, 8))
+        assert bool(torch.count_nonzero(out) == 0) is (shortcut != "bottleneck")
+    assert len(counts) == 1 and len(keys) == 1  # an identity shortcut has no weights
+
+
+def test_default_block_is_todays_block():
+    torch.manual_seed(0)
+    default = InvertedResidual(16, 16, stride=1, expand_ratio=6).eval()
+    explicit = InvertedResidual(16, 16, stride=1, expand_ratio=6, shortcut="bottleneck").eval()
+    explicit.load_state_dict(default.state_dict())
+    x = torch.randn(2, 16, 8, 8)
+    assert torch.equal(default(x), explicit(x))
+    assert torch.equal(default(x), x + default.projection(default.depthwise(default.expansion(x))))
+    assert "shortcut='" not in repr(default) and "shortcut='none'" in repr(
+        InvertedResidual(16, 16, 1, 6, shortcut="none"))

@@ -116,6 +116,8 @@ def test_custom_stages_and_projection_activation():
     (dict(stages=[(6, 16, 1, 3)]), r"stages\[0\].s must be one of 1, 2, got 3"),
     (dict(stages=[(6, 16, 0, 1)]), r"stages\[0\].n must be an integer >= 1"),
     (dict(stages=[(6, 16, 1)]), r"stages\[0\] must be a \(t, c, n, s\) row"),
+    (dict(stages=[(0, 16, 1, 1)]), r"stages\[0\].t must be a finite number > 0, got 0"),
+    (dict(shortcut="classic"), "shortcut must be one of 'bottleneck', 'expansion', 'none'"),
 ])
 def test_model_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -181,3 +183,100 @@ def test_with_t1_expansion_adds_exactly_one_1x1_conv_with_batch_norm():
     assert variant(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
     with pytest.raises(TypeError, match="model must be an mbv2.MobileNetV2"):
         with_t1_expansion(torch.nn.Identity())
+
+
+# --- shortcut placements (Figure 6b), t < 1 (Section 3.4), paired initialisation ----------
+
+SHORTCUT_NAMES = ("bottleneck", "expansion", "none")
+
+
+def test_default_shortcut_is_todays_model():
+    torch.manual_seed(0)
+    default = MobileNetV2(num_classes=10, width_mult=0.5).eval()
+    torch.manual_seed(0)
+    explicit = MobileNetV2(num_classes=10, width_mult=0.5, shortcut="bottleneck").eval()
+    assert list(default.state_dict()) == list(explicit.state_dict())
+    for a, b in zip(default.state_dict().values(), explicit.state_dict().values()):
+        assert torch.equal(a, b)
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(default(x), explicit(x))
+    assert default.shortcut == "bottleneck" and default.expansion_links == 0
+    assert [b.use_shortcut for b in default.blocks()] == [
+        b.stride == 1 and b.in_channels == b.out_channels for b in default.blocks()]
+
+
+@pytest.mark.parametrize("output_stride", [32, 16, 8])
+@pytest.mark.parametrize("width", [0.35, 1.0])
+def test_expansion_shortcuts_sit_where_the_papers_shortcuts_are(width, output_stride):
+    paper = MobileNetV2(width_mult=width, output_stride=output_stride)
+    classic = MobileNetV2(width_mult=width, shortcut="expansion", output_stride=output_stride)
+    assert classic.expansion_links == sum(b.use_shortcut for b in paper.blocks()) == 10
+    assert [b.passes_expansion for b in classic.blocks()] == [b.use_shortcut for b in paper.blocks()]
+    assert not any(b.use_shortcut for b in classic.blocks())
+
+
+@pytest.mark.parametrize("shortcut", SHORTCUT_NAMES)
+def test_every_shortcut_has_the_same_shapes_parameters_and_trains(shortcut):
+    from mbv2.cost import count_params
+
+    torch.manual_seed(0)
+    model = MobileNetV2(num_classes=10, width_mult=0.35, shortcut=shortcut).train()
+    assert count_params(model) == sum(p.numel() for p in model.parameters()) == count_params(
+        MobileNetV2(num_classes=10, width_mult=0.35))
+    x = torch.randn(4, 3, 32, 32)
+    out = model(x)
+    assert out.shape == (4, 10)
+    out.square().sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+    # The maps extract() returns are tensors for every placement.
+    maps = model.eval().extract(x, ["layer_5", "layer_6/expansion_output", "layer_19"])
+    assert [m.shape[1] for m in maps.values()] == [16, 96, 1280]
+
+
+def test_the_three_placements_compute_different_functions():
+    torch.manual_seed(0)
+    outputs = []
+    x = torch.randn(2, 3, 32, 32)
+    for shortcut in SHORTCUT_NAMES:
+        model = MobileNetV2(num_classes=10, width_mult=0.35, shortcut=shortcut)
+        model.reset_parameters(seed=0)
+        outputs.append(model.eval().stages(model.stem(x)))
+    for i in range(3):
+        for j in range(i):
+            assert not torch.allclose(outputs[i], outputs[j])
+
+
+@pytest.mark.parametrize("t", [0.25, 0.5, 2])
+def test_expansion_below_1_builds_the_classic_bottleneck(t):
+    stages = [StageSpec(1, 16, 1, 1), StageSpec(t, 24, 2, 2), StageSpec(t, 32, 2, 2)]
+    model = MobileNetV2(num_classes=10, stages=stages)
+    for block in model.blocks()[1:]:
+        assert block.hidden_channels == max(1, round(block.in_channels * t))
+        assert block.expansion.conv.out_channels == block.hidden_channels
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_reset_parameters_with_a_seed_pairs_modules_of_the_same_name_and_shape():
+    def build(seed, **kwargs):
+        model = MobileNetV2(num_classes=10, width_mult=0.35, **kwargs)
+        model.reset_parameters(seed=seed)
+        return model.state_dict()
+
+    base = build(3)
+    for other in (build(3, shortcut="expansion"), build(3, shortcut="none"),
+                  build(3, projection_activation=nn.ReLU6)):
+        assert all(torch.equal(base[k], other[k]) for k in base)
+    stages = [StageSpec(row.t if row.t == 1 else 4, row.c, row.n, row.s) for row in PAPER_TABLE_2]
+    t4 = build(3, stages=stages)
+    same = [k for k in base if base[k].shape == t4[k].shape and torch.equal(base[k], t4[k])]
+    for key in ("stem.conv.weight", "stages.0.0.depthwise.conv.weight", "head.conv.weight",
+                "classifier.linear.weight"):
+        assert key in same
+    assert not torch.equal(base["stages.1.0.projection.conv.weight"][:, :64],
+                           t4["stages.1.0.projection.conv.weight"])
+    assert not torch.equal(base["stem.conv.weight"], build(4)["stem.conv.weight"])
+    # The distribution is the default one's: He-normal (fan-out) for the convolutions.
+    w = base["stages.3.0.expansion.conv.weight"]
+    assert w.std().item() == pytest.approx((2 / w.shape[0]) ** 0.5, rel=0.1)

@@ -1,0 +1,149 @@
+"""mbv2.experiments: the Figure 6a / 6b ablations and the expansion sweep, on a tiny
+configuration (400 of the 8x8 digits, 1 epoch of 4 batches, width 0.1), end to end."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from mbv2 import experiments as ex
+from mbv2.loop import build_model
+
+TINY = dict(data="digits", epochs=1, width=0.1, threads=1, batch_size=100, train_images=400)
+
+
+@pytest.fixture(scope="module")
+def figure6b(tmp_path_factory):
+    out = tmp_path_factory.mktemp("results") / "figure6b.json"
+    result = ex.main(["figure6b", "--out", str(out), "--seeds", "2", "--epochs", "1", "--width", "0.1",
+                      "--data", "digits", "--threads", "1", "--batch-size", "100", "--train-images", "400",
+                      "--no-progress"])
+    return out, result
+
+
+@pytest.fixture(scope="module")
+def recorded(figure6b):
+    return figure6b[1]
+
+
+def test_the_script_writes_every_curve_with_provenance(figure6b):
+    out, result = figure6b
+    recorded = json.loads(out.read_text())
+    assert recorded == json.loads(json.dumps(result))
+    assert recorded["complete"] and recorded["experiment"] == "figure6b"
+    assert [v["name"] for v in recorded["variants"]] == ["bottleneck", "expansion", "none"]
+    assert len({v["params"] for v in recorded["variants"]}) == 1  # shortcuts have no weights
+    assert len({v["madds"] for v in recorded["variants"]}) == 1
+    # At width 0.1 the stem and the t = 1 block both have 8 channels, so that block has the
+    # paper's shortcut too; between expansions it has no partner (the next block's t is 6).
+    assert [(v["shortcuts"], v["expansion_links"]) for v in recorded["variants"]] == [
+        (11, 0), (0, 10), (0, 0)]
+    assert [(r["variant"], r["seed"]) for r in recorded["runs"]] == [
+        (name, seed) for seed in (0, 1) for name in ("bottleneck", "expansion", "none")]
+    for run in recorded["runs"]:
+        for key in ("val_accuracy", "val_loss", "val_accuracy_ema", "val_loss_ema", "train_loss", "epoch"):
+            assert len(run[key]) == 1, key
+        assert 0 <= run["test_accuracy"] <= 1 and run["seconds"] > 0
+    config = recorded["config"]
+    assert config["seeds"] == [0, 1] and config["recipe"] == "paper" and config["threads"] == 1
+    assert config["steps_per_epoch"] == 4 and config["train_images"] == 400
+    prov = recorded["provenance"]
+    assert prov["command"][:2] != [] and prov["threads"] == 1 and prov["torch"] == torch.__version__
+    assert "commit" in prov and prov["wall_seconds"] > 0
+
+
+def test_paired_seeds_start_every_variant_from_the_same_weights():
+    def initial(experiment, variant, seed):
+        config = ex.ExperimentConfig(experiment, **TINY).check()
+        return build_model(ex._train_config(config, variant, seed, 1, 1, False), 10).state_dict()
+
+    for experiment in ("figure6a", "figure6b"):
+        states = [initial(experiment, v, 3) for v in ex.variants(experiment)]
+        for state in states[1:]:
+            assert list(state) == list(states[0])
+            assert all(torch.equal(state[k], states[0][k]) for k in state)
+    other_seed = initial("figure6b", ex.variants("figure6b")[0], 4)
+    assert not torch.equal(other_seed["stem.conv.weight"], states[0]["stem.conv.weight"])
+    # The expansion sweep: same shapes, same weights (stem, first block, head, classifier).
+    sweep = [initial("expansion", v, 3) for v in ex.variants("expansion", widths=[0.35])]
+    for key in ("stem.conv.weight", "stages.0.0.depthwise.conv.weight", "head.conv.weight",
+                "classifier.linear.weight"):
+        assert all(torch.equal(state[key], sweep[0][key]) for state in sweep), key
+
+
+def test_variants_of_the_expansion_sweep():
+    found = ex.variants("expansion", widths=[0.35, 1.0])
+    assert len(found) == 2 * len(ex.EXPANSION_RATIOS) == 14
+    assert found[0].name == "t=0.5 width=0.35" and found[-1].name == "t=10 width=1"
+    assert ex.stages_with_ratio(0.5)[0][0] == 1  # the first block keeps t = 1 (Table 2)
+    assert [row[0] for row in ex.stages_with_ratio(4)[1:]] == [4] * 6
+
+
+def test_live_slice_reruns_the_first_epochs_exactly(recorded):
+    # One seed of every variant, its first epoch: on the same machine, the same numbers.
+    live = ex.live_slice(recorded, epochs=1, progress=False)
+    assert [(r["variant"], r["seed"]) for r in live["runs"]] == [
+        ("bottleneck", 0), ("expansion", 0), ("none", 0)]
+    for run in live["runs"]:
+        old = next(r for r in recorded["runs"] if (r["variant"], r["seed"]) == (run["variant"], 0))
+        assert run["state_sha256"] == old["state_sha256"]
+        assert {k: v for k, v in run.items() if k != "seconds"} == {k: v for k, v in old.items() if k != "seconds"}
+    check = ex.check_slice(recorded, live, tolerance=0.0)
+    assert check.passed and set(check.max_difference.values()) == {0.0}
+    assert len(check.compared) == 3 and "agrees" in check.describe()
+
+
+def test_the_slice_check_fails_on_a_perturbed_file(recorded):
+    live = copy.deepcopy(recorded)
+    assert ex.check_slice(recorded, live).passed
+    perturbed = copy.deepcopy(recorded)
+    perturbed["runs"][1]["val_accuracy"][0] += 0.05
+    check = ex.check_slice(perturbed, live, tolerance=0.01)
+    assert not check.passed and check.max_difference["val_accuracy"] == pytest.approx(0.05)
+    perturbed = copy.deepcopy(recorded)
+    perturbed["runs"][0]["val_loss"][0] *= 1.1
+    assert not ex.check_slice(perturbed, live).passed
+    assert ex.check_slice(perturbed, live, tolerance=0.2).passed
+    missing = copy.deepcopy(recorded)
+    del missing["runs"][0]
+    assert not ex.check_slice(missing, live).passed
+    other = copy.deepcopy(recorded)
+    other["config"]["width"] = 0.2
+    assert not ex.check_slice(other, live).passed
+
+
+def test_resume_keeps_finished_runs(tmp_path, recorded):
+    out = tmp_path / "r.json"
+    partial = copy.deepcopy(recorded)
+    for run in partial["runs"]:
+        run["seconds"] = -1.0  # a marker: kept, not re-run
+    del partial["runs"][-1]
+    out.write_text(json.dumps(partial))
+    config = ex.config_of(recorded)
+    result = ex.run_experiment(config, out=out, progress=False, resume=True)
+    assert [r["seconds"] for r in result["runs"]][:-1] == [-1.0] * 5
+    assert result["runs"][-1]["state_sha256"] == recorded["runs"][-1]["state_sha256"]
+    assert result["complete"] and json.loads(out.read_text())["complete"]
+    config.seeds = [0, 1, 2]
+    with pytest.raises(ValueError, match="another configuration"):
+        ex.run_experiment(config, out=out, progress=False, resume=True)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(experiment="figure7"), "experiment must be one of"),
+    (dict(experiment="figure6a", seeds=[]), "seeds must be distinct"),
+    (dict(experiment="figure6a", seeds=[1, 1]), "seeds must be distinct"),
+    (dict(experiment="figure6a", epochs=0), "epochs must be an integer >= 1"),
+    (dict(experiment="figure6a", only=["cubic"]), "only must name variants"),
+])
+def test_bad_configurations(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ex.ExperimentConfig(**kwargs).check()
+
+
+def test_a_book_recipe_run_cannot_be_sliced(recorded):
+    book = copy.deepcopy(recorded)
+    book["config"]["recipe"] = "book"
+    with pytest.raises(ValueError, match="one-cycle"):
+        ex.live_slice(book, epochs=1)
