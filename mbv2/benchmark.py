@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     model = MobileNetV2(width_mult=args.width).eval()
     for threads in args.threads:
         torch.set_num_threads(threads)  # export and session creation use the same count
-        variants = runtimes(model, args.resolution, num_threads=threads, compile=args.compile)
+        variants = runtimes(model, args.resolution, num_threads=threads, compile=args.compile, int8=True)
         timings = compare(variants, rounds=args.rounds, calls=args.calls, num_threads=threads)
         print(f"\nMobileNetV2 {args.width:g}, {args.resolution}×{args.resolution}, batch 1: "
               f"{timings.describe()}")

@@ -95,7 +95,7 @@ def test_runtimes_agree_and_the_command_prints_the_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "MobileNetV2 0.35, 96×96, batch 1: median of 1 interleaved rounds" in out
     rows = [line for line in out.splitlines() if line.startswith(("PyTorch", "ONNX", "TorchScript"))]
-    assert len(rows) == 5 and rows[0].split()[-2] == "1.00"
+    assert len(rows) == 6 and rows[0].split()[-2] == "1.00" and rows[-1].startswith("ONNX Runtime, int8")
 
 
 def test_a_dynamic_size_export_runs_at_every_resolution_in_one_file(tmp_path):
