@@ -1,4 +1,5 @@
-"""Preparing a trained network for inference: batch norm folded, ONNX export.
+"""Preparing a trained network for inference: batch norm folded, ONNX export, and the
+ways to run it that the speed chapter compares (:func:`runtimes`).
 
 In inference, batch norm is a fixed affine map per channel,
 ``bn(y) = γ (y − μ) / √(σ² + ε) + β``, and it follows a convolution, which is linear. The two
@@ -95,8 +96,7 @@ def export_onnx(model: nn.Module, path: str | Path, resolution: int = 224, *, dy
     The graph takes a float32 batch of shape (N, 3, resolution, resolution) with N free
     (a dynamic batch dimension) and uses ONNX opset :data:`ONNX_OPSET`; it is written by
     PyTorch's ``torch.export``-based exporter (``dynamo=True``), weights included (no
-    separate data file). With
-    ``dynamic_size=True`` the height and width are free too (from one pixel more than
+    separate data file). With ``dynamic_size=True`` the height and width are free too (from one pixel more than
     ``model.min_input_size``, or 33, up to 1,024), so that one file serves every input
     resolution; ``resolution`` is then only the size of the example that is traced.
     """
