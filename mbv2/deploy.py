@@ -131,9 +131,11 @@ def export_onnx(model: nn.Module, path: str | Path, resolution: int = 224, *, dy
     return path
 
 
-def onnx_session(path: str | Path, *, num_threads: int = 1):
+def onnx_session(path: str | Path, *, num_threads: int = 1, profile_prefix: str | Path | None = None):
     """An ONNX Runtime session for the file at ``path`` on the CPU, with all graph
     optimisations and ``num_threads`` threads for each operator (one inter-op thread).
+    With ``profile_prefix``, ONNX Runtime's profiler records every run to a JSON file
+    starting with that path (``session.end_profiling()`` returns its name).
 
     Idle worker threads sleep instead of spinning: a spinning session keeps a core busy
     for a while after each run, which slows whatever runs next, another session timed
@@ -150,6 +152,9 @@ def onnx_session(path: str | Path, *, num_threads: int = 1):
     options.intra_op_num_threads = num_threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

@@ -268,16 +268,9 @@ def onnx_layer_times(path: str | Path, x: torch.Tensor, *, model: nn.Module | No
     import json
     import tempfile
 
-    import onnxruntime
-
     calls = positive_int("calls", calls)
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = positive_int("num_threads", num_threads)
-    options.inter_op_num_threads = 1
     with tempfile.TemporaryDirectory(prefix="mbv2-ort-profile-") as folder:
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(folder) / "profile")
-        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = onnx_session(path, num_threads=num_threads, profile_prefix=Path(folder) / "profile")
         feed = {session.get_inputs()[0].name: x.numpy()}
         for _ in range(calls + 1):
             session.run(None, feed)
