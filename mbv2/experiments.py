@@ -70,6 +70,8 @@ DEFAULT_WIDTHS = (0.35, 1.0)
 #: images), losses by 1% of the recorded value. On the machine and thread count that
 #: wrote the file the difference is exactly 0.
 DEFAULT_TOLERANCE = 0.01
+#: Where the book's recorded results live (``results/<experiment>.json`` of the repository).
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 class Variant(NamedTuple):
@@ -236,6 +238,9 @@ def run_experiment(config: ExperimentConfig, *, out: str | Path | None = None,
             "provenance": provenance() | {"wall_seconds": None},
             "complete": False,
         }
+        if done:  # the sessions that recorded the kept runs, oldest first
+            result["earlier_provenance"] = (previous.get("earlier_provenance", [])
+                                            + [previous["provenance"]])
         for seed in config.seeds:
             for variant in config.variants():
                 if (variant.name, seed) in done:
@@ -273,10 +278,10 @@ def config_of(recorded: dict) -> ExperimentConfig:
 
 
 def live_slice(recorded: dict, *, epochs: int = 2, seed: int | None = None,
-               progress: bool = True) -> dict:
+               only: list | None = None, progress: bool = True) -> dict:
     """Re-run the first ``epochs`` epochs of one seed (the first recorded one by default)
-    of every variant in ``recorded``, with its configuration; a results dict as
-    :func:`run_experiment` returns.
+    of every variant in ``recorded`` (or of the variants named in ``only``), with its
+    configuration; a results dict as :func:`run_experiment` returns.
 
     Only a recipe whose schedule does not depend on the run's length can be cut short this
     way: the paper's (x0.98 per epoch) can, the book's one-cycle schedule cannot.
@@ -289,6 +294,8 @@ def live_slice(recorded: dict, *, epochs: int = 2, seed: int | None = None,
     if epochs > config.epochs:
         raise ValueError(f"epochs must be at most the recorded {config.epochs}, got {epochs}")
     config.seeds = [config.seeds[0] if seed is None else seed]
+    if only is not None:
+        config.only = list(only)
     return run_experiment(config, epochs=epochs, progress=progress)
 
 
@@ -318,7 +325,7 @@ def check_slice(recorded: dict, live: dict, tolerance: float = DEFAULT_TOLERANCE
     configuration that differs in anything but the seeds and epochs, fails the check.
     """
     tolerance = real_at_least("tolerance", tolerance, 0.0)
-    ignore = ("seeds", "epochs")
+    ignore = ("seeds", "epochs", "only")
     same_config = ({k: v for k, v in recorded["config"].items() if k not in ignore}
                    == {k: v for k, v in live["config"].items() if k not in ignore})
     runs = {(run["variant"], run["seed"]): run for run in recorded["runs"]}
@@ -345,6 +352,129 @@ def check_slice(recorded: dict, live: dict, tolerance: float = DEFAULT_TOLERANCE
                 worst[key] = max(worst.get(key, 0.0), diff)
                 passed &= diff <= tolerance
     return SliceCheck(bool(passed), worst, compared, tolerance)
+
+
+def per_seed(recorded: dict, key: str = "test_accuracy_ema") -> dict[str, dict[int, object]]:
+    """``{variant: {seed: run[key]}}`` over the recorded runs, variants in the file's order
+    (``key`` a final value such as ``"test_accuracy_ema"`` or a curve such as
+    ``"val_accuracy_ema"``)."""
+    found: dict = {v["name"]: {} for v in recorded["variants"]}
+    for run in recorded["runs"]:
+        if key not in run:
+            raise ValueError(f"key must be one of the recorded fields "
+                             f"({sorted(k for k in run if k not in ('variant', 'seed'))}), "
+                             f"got {key!r}")
+        found[run["variant"]][run["seed"]] = run[key]
+    return found
+
+
+def paired_differences(recorded: dict, baseline: str, key: str = "test_accuracy_ema"
+                       ) -> dict[str, dict[int, float]]:
+    """``{variant: {seed: variant's value - baseline's value}}`` for every other variant,
+    over the seeds both have: the paired comparison (same initial weights, same batches).
+    For a curve (``"val_accuracy_ema"``, ...) the difference is taken epoch by epoch."""
+    values = per_seed(recorded, key)
+    one_of("baseline", baseline, tuple(values))
+
+    def minus(a, b):
+        return [x - y for x, y in zip(a, b)] if isinstance(a, list) else a - b
+
+    return {name: {seed: minus(value, values[baseline][seed]) for seed, value in runs.items()
+                   if seed in values[baseline]}
+            for name, runs in values.items() if name != baseline}
+
+
+def load_results(experiment: str, path: str | Path | None = None) -> dict:
+    """The results file of ``experiment`` (default ``results/<experiment>.json``)."""
+    import json
+
+    one_of("experiment", experiment, EXPERIMENTS)
+    path = Path(path) if path is not None else RESULTS / f"{experiment}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no recorded results at {path}: run python -m mbv2.experiments "
+                                f"{experiment} --out {path}")
+    recorded = json.loads(path.read_text())
+    if recorded.get("experiment") != experiment:
+        raise ValueError(f"{path} holds {recorded.get('experiment')!r}, not {experiment!r}")
+    return recorded
+
+
+def seed_table(recorded: dict, baseline: str, labels: dict[str, str] | None = None,
+               key: str = "test_accuracy_ema") -> tuple[list[str], list[tuple]]:
+    """A table (header, rows) of ``key`` in percent for every seed that all variants have,
+    one column per variant, then one column per other variant of its paired difference from
+    ``baseline`` in percentage points; the last two rows are the mean ± standard deviation
+    (over seeds, n - 1) and the range."""
+    import statistics
+
+    labels = labels or {}
+    seeds = complete_seeds(recorded)
+    values = per_seed(recorded, key)
+    differences = paired_differences(recorded, baseline, key)
+    label = {name: labels.get(name, name) for name in values}
+    columns = [[100 * values[name][s] for s in seeds] for name in values]
+    columns += [[100 * differences[name][s] for s in seeds] for name in differences]
+    header = (["seed"] + [f"{label[name]} (%)" for name in values]
+              + [f"{label[name]} − {label[baseline]} (points)" for name in differences])
+    rows = [(str(seed), *(f"{column[i]:.1f}" for column in columns)) for i, seed in enumerate(seeds)]
+    if len(seeds) > 1:
+        rows.append(("mean ± std", *(f"{statistics.mean(c):.1f} ± {statistics.stdev(c):.1f}"
+                                     for c in columns)))
+        rows.append(("min – max", *(f"{min(c):.1f} – {max(c):.1f}" for c in columns)))
+    return header, rows
+
+
+def late_change(recorded: dict, key: str = "val_accuracy_ema", epochs: int = 10
+                ) -> dict[str, dict[int, float]]:
+    """``{variant: {seed: curve[-1] - curve[-1 - epochs]}}``: how much a recorded curve
+    still moved over its last ``epochs`` epochs (near 0 once it has flattened)."""
+    epochs = positive_int("epochs", epochs)
+    found = {}
+    for name, runs in per_seed(recorded, key).items():
+        if any(len(curve) <= epochs for curve in runs.values()):
+            raise ValueError(f"epochs must be less than the recorded {min(map(len, runs.values()))}, "
+                             f"got {epochs}")
+        found[name] = {seed: curve[-1] - curve[-1 - epochs] for seed, curve in runs.items()}
+    return found
+
+
+def plot_ablation(recorded: dict, baseline: str, labels: dict[str, str],
+                  colours: dict[str, str], key: str = "val_accuracy_ema",
+                  ylim: tuple[float, float] = (0.8, 1.0)):
+    """A figure of two panels against the epoch: left, ``key`` of every recorded run (one
+    thin line per seed, one colour per variant); right, each other variant's paired
+    difference from ``baseline`` in percentage points, one line per seed."""
+    import matplotlib.pyplot as plt
+
+    from .plotting import MAX_WIDTH
+
+    curves = per_seed(recorded, key)
+    epochs = {run["variant"]: run["epoch"] for run in recorded["runs"]}
+    fig, (ax, ax_diff) = plt.subplots(1, 2, figsize=(MAX_WIDTH, 3.4), constrained_layout=True)
+    for name, runs in curves.items():
+        for i, curve in enumerate(runs.values()):
+            ax.plot(epochs[name], curve, color=colours[name], lw=1, alpha=0.8,
+                    label=labels[name] if i == 0 else None)
+    for name, runs in paired_differences(recorded, baseline, key).items():
+        for i, difference in enumerate(runs.values()):
+            ax_diff.plot(epochs[name], [100 * d for d in difference], color=colours[name],
+                         lw=1, alpha=0.8, label=labels[name] if i == 0 else None)
+    ax_diff.axhline(0, color=colours[baseline], lw=1.5, ls="--")
+    ax.set(xlabel="epoch", ylabel="validation accuracy", ylim=ylim,
+           title="weight average, every seed")
+    ax_diff.set(xlabel="epoch", ylabel=f"minus {labels[baseline]} (points)",
+                title="paired difference, every seed")
+    for axis in (ax, ax_diff):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    return fig
+
+
+def complete_seeds(recorded: dict) -> list[int]:
+    """The seeds for which every variant of ``recorded`` has a run."""
+    values = per_seed(recorded, "seed")
+    common = set.intersection(*(set(runs) for runs in values.values()))
+    return sorted(common)
 
 
 def main(argv: list[str] | None = None) -> dict:
