@@ -79,3 +79,13 @@ def glue_figure(name: str, fig) -> None:
 
     glue(name, fig, display=True)
     plt.close(fig)
+
+
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def scientific(value: float, digits: int = 1) -> str:
+    """A number in scientific notation for the text, as ``2.6×10⁻¹⁹`` (no line break
+    inside, no ``e``): ``digits`` digits after the point."""
+    mantissa, exponent = f"{value:.{digits}e}".split("e")
+    return f"{mantissa}×10{str(int(exponent)).translate(_SUPERSCRIPT)}"

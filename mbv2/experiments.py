@@ -53,15 +53,15 @@ EXPERIMENTS = ("figure6a", "figure6b", "expansion")
 #: The expansion factors of the ``expansion`` experiment (Section 4 tries 5 to 10 and
 #: uses 6; 0.5 is the classic residual bottleneck of Section 3.4).
 EXPANSION_RATIOS = (0.5, 1, 2, 4, 6, 8, 10)
-#: Defaults (MNIST at 32x32, the paper's recipe, batch 96, 1 thread). In trial runs the
-#: moving average's validation accuracy passed 0.93 after 5 epochs and changed by less
-#: than a point from about epoch 10 on (width 0.35), while the raw weights' accuracy
-#: still jumps by a few points from epoch to epoch (the learning rate decays only by
-#: 0.98 per epoch); 30 epochs leave a margin for the curves to flatten. One epoch took
-#: about 12 s at width 0.5 (t = 6), 9 s at width 0.35 and 23 s at width 1.0, and 3 to 36 s
-#: over the expansion sweep's 14 models; the full runs then take about 1 h (figure6a),
-#: 1.5 h (figure6b) and 7.5 h (expansion) on one thread.
-DEFAULT_EPOCHS = 30
+#: Epochs by experiment (MNIST at 32x32, the paper's recipe, batch 96, 1 thread). In trial
+#: runs the moving average's validation accuracy passed 0.93 after 5 epochs and changed by
+#: less than a point from about epoch 10 on (width 0.35), while the raw weights' accuracy
+#: still jumps by a few points from epoch to epoch (the learning rate decays only by 0.98
+#: per epoch); 30 epochs leave a margin for the curves to flatten. One epoch took about
+#: 12 s at width 0.5 (t = 6), 9 s at width 0.35 and 23 s at width 1.0, and 3 to 36 s over
+#: the expansion sweep's 14 models, whose 5 seeds would take about 7.5 h at 30 epochs on one
+#: thread; the sweep gets 15 epochs (about 3.7 h), Figure 6a about 1 h and 6b 1.5 h.
+DEFAULT_EPOCHS = {"figure6a": 30, "figure6b": 30, "expansion": 15}
 #: Figure 6a / 6b's width: half of the paper's, for time.
 DEFAULT_WIDTH = 0.5
 #: The expansion sweep's two widths: the smallest of the paper's multipliers and the base.
@@ -109,7 +109,7 @@ class ExperimentConfig:
 
     experiment: str
     seeds: list = field(default_factory=lambda: list(range(5)))
-    epochs: int = DEFAULT_EPOCHS
+    epochs: int | None = None  # None: DEFAULT_EPOCHS[experiment]
     width: float = DEFAULT_WIDTH
     widths: list = field(default_factory=lambda: list(DEFAULT_WIDTHS))
     ratios: list = field(default_factory=lambda: list(EXPANSION_RATIOS))
@@ -127,6 +127,8 @@ class ExperimentConfig:
         from .recipe import RECIPES
 
         one_of("experiment", self.experiment, EXPERIMENTS)
+        if self.epochs is None:
+            self.epochs = DEFAULT_EPOCHS[self.experiment]
         one_of("data", self.data, DATA_SETS)
         one_of("recipe", self.recipe, tuple(RECIPES))
         self.seeds = [non_negative_int("seed", s) for s in self.seeds]
@@ -299,6 +301,46 @@ def live_slice(recorded: dict, *, epochs: int = 2, seed: int | None = None,
     return run_experiment(config, epochs=epochs, progress=progress)
 
 
+def _slice_one(task: tuple) -> tuple[str, dict]:
+    name, recorded, epochs, variant = task
+    return name, live_slice(recorded, epochs=epochs, only=[variant], progress=False)
+
+
+def live_slices(recorded: dict[str, dict], *, epochs: int = 1, only: dict | None = None,
+                processes: int = 2, progress: bool = True) -> dict[str, dict]:
+    """:func:`live_slice` for several results files at once, ``{name: recorded}`` in,
+    ``{name: live}`` out: every variant (or those in ``only[name]``) is one task, and
+    ``processes`` worker processes (each training on one thread, as the recorded runs did)
+    share the tasks; a progress bar counts the finished ones."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm import tqdm
+
+    processes = positive_int("processes", processes)
+    only = only or {}
+    tasks = [(name, rec, epochs, v.name) for name, rec in recorded.items()
+             for v in config_of(rec).variants()
+             if only.get(name) is None or v.name in only[name]]
+    found: dict = {}
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_slice_one, task) for task in tasks]
+        for future in tqdm(as_completed(futures), total=len(futures), unit="run",
+                           disable=not progress):
+            name, live = future.result()
+            found.setdefault(name, []).append(live)
+    merged = {}
+    for name in recorded:
+        parts = found.get(name, [])
+        if not parts:
+            continue
+        order = {(t[3]): i for i, t in enumerate(tasks) if t[0] == name}
+        parts.sort(key=lambda live: order[live["runs"][0]["variant"]])
+        merged[name] = parts[0] | {"runs": [run for live in parts for run in live["runs"]]}
+        merged[name]["config"] = parts[0]["config"] | {"only": [t[3] for t in tasks if t[0] == name]}
+    return merged
+
+
 class SliceCheck(NamedTuple):
     """What :func:`check_slice` found: ``passed``, the largest difference of each metric
     (accuracies absolute, losses relative to the recorded value), and the compared
@@ -403,8 +445,8 @@ def seed_table(recorded: dict, baseline: str, labels: dict[str, str] | None = No
                key: str = "test_accuracy_ema") -> tuple[list[str], list[tuple]]:
     """A table (header, rows) of ``key`` in percent for every seed that all variants have,
     one column per variant, then one column per other variant of its paired difference from
-    ``baseline`` in percentage points; the last two rows are the mean ± standard deviation
-    (over seeds, n - 1) and the range."""
+    ``baseline`` in percentage points; the last three rows are the mean ± standard
+    deviation (over seeds, n - 1), the median and the range."""
     import statistics
 
     labels = labels or {}
@@ -420,6 +462,7 @@ def seed_table(recorded: dict, baseline: str, labels: dict[str, str] | None = No
     if len(seeds) > 1:
         rows.append(("mean ± std", *(f"{statistics.mean(c):.1f} ± {statistics.stdev(c):.1f}"
                                      for c in columns)))
+        rows.append(("median", *(f"{statistics.median(c):.1f}" for c in columns)))
         rows.append(("min – max", *(f"{min(c):.1f} – {max(c):.1f}" for c in columns)))
     return header, rows
 
@@ -435,6 +478,23 @@ def late_change(recorded: dict, key: str = "val_accuracy_ema", epochs: int = 10
             raise ValueError(f"epochs must be less than the recorded {min(map(len, runs.values()))}, "
                              f"got {epochs}")
         found[name] = {seed: curve[-1] - curve[-1 - epochs] for seed, curve in runs.items()}
+    return found
+
+
+def largest_drop(recorded: dict, key: str = "val_accuracy", after: int = 5
+                 ) -> dict[str, dict[int, tuple[float, int]]]:
+    """``{variant: {seed: (drop, epoch)}}``: the largest fall of a recorded curve from one
+    epoch to the next (0 if it never falls), counting only falls into epochs after
+    ``after`` (the first epochs move fast by design), and the epoch it fell into."""
+    after = non_negative_int("after", after)
+    found = {}
+    for name, runs in per_seed(recorded, key).items():
+        found[name] = {}
+        for seed, curve in runs.items():
+            falls = [(curve[i - 1] - curve[i], i + 1) for i in range(max(1, after), len(curve))]
+            found[name][seed] = max(falls, default=(0.0, 0))
+            if found[name][seed][0] < 0:
+                found[name][seed] = (0.0, 0)
     return found
 
 
@@ -491,7 +551,8 @@ def main(argv: list[str] | None = None) -> dict:
     add("experiment", choices=EXPERIMENTS)
     add("--out", required=True, help="the results file (JSON), written after every run")
     add("--seeds", type=int, default=5, help="seeds 0 ... N-1 (default 5)")
-    add("--epochs", type=int, default=DEFAULT_EPOCHS)
+    add("--epochs", type=int, default=None,
+        help=f"epochs per run (default: {', '.join(f'{k} {v}' for k, v in DEFAULT_EPOCHS.items())})")
     add("--width", type=float, default=DEFAULT_WIDTH, help="width of figure6a/6b's models")
     add("--widths", type=float, nargs="+", default=list(DEFAULT_WIDTHS),
         help="the expansion sweep's widths")

@@ -47,3 +47,12 @@ def test_glue_markdown_shows_the_table_and_rejects_non_text(monkeypatch):
     assert glued == [("a_table", "| a |\n|---|\n| 1 |", True)]
     with pytest.raises(TypeError, match="text must be a Markdown string"):
         glue_markdown("a_table", 3)
+
+
+def test_scientific_notation_for_the_text():
+    from mbv2.book import scientific
+
+    assert scientific(2.6e-19) == "2.6×10⁻¹⁹"
+    assert scientific(9.68e17) == "9.7×10¹⁷"
+    assert scientific(123456, digits=2) == "1.23×10⁵"
+    assert scientific(0.5) == "5.0×10⁻¹"
