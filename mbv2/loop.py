@@ -1,7 +1,9 @@
 """The training loop behind ``python -m mbv2.train``: one process or many, checkpoints, resume.
 
-:func:`run` trains :class:`~mbv2.MobileNetV2` on a :class:`~mbv2.data.Split` for a number
-of optimizer steps with a recipe of :mod:`mbv2.recipe`. Under ``torchrun`` every process
+:func:`run` trains :class:`~mbv2.MobileNetV2` on a data set of :mod:`mbv2.data` (an
+in-memory :class:`~mbv2.data.Split`, or image folders such as ImageNet's read from disk by
+:func:`~mbv2.data.load_image_folders`) for a number of optimizer steps with a recipe of
+:mod:`mbv2.recipe`. Under ``torchrun`` every process
 builds the same model (same seed), wraps it in DistributedDataParallel, and reads its own
 share of every epoch through a ``DistributedSampler``; the gradients are averaged, so the
 processes stay identical and the global batch is ``batch_size x processes``. Batch norm is
