@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from mbv2 import ablations as ab
 from mbv2 import experiments as ex
 from mbv2.loop import build_model
 
@@ -150,35 +151,35 @@ def test_a_book_recipe_run_cannot_be_sliced(recorded):
 
 
 def test_reading_a_results_file(recorded):
-    values = ex.per_seed(recorded)
+    values = ab.per_seed(recorded)
     assert list(values) == ["bottleneck", "expansion", "none"] and set(values["none"]) == {0, 1}
-    diffs = ex.paired_differences(recorded, "bottleneck")
+    diffs = ab.paired_differences(recorded, "bottleneck")
     assert diffs["none"][1] == pytest.approx(values["none"][1] - values["bottleneck"][1])
-    curves = ex.paired_differences(recorded, "none", "val_loss")
+    curves = ab.paired_differences(recorded, "none", "val_loss")
     run = {(r["variant"], r["seed"]): r for r in recorded["runs"]}
     assert curves["expansion"][0] == pytest.approx(
         [a - b for a, b in zip(run["expansion", 0]["val_loss"], run["none", 0]["val_loss"])])
-    assert ex.complete_seeds(recorded) == [0, 1]
+    assert ab.complete_seeds(recorded) == [0, 1]
     partial = copy.deepcopy(recorded)
     del partial["runs"][-1]  # seed 1 of "none"
-    assert ex.complete_seeds(partial) == [0]
-    header, rows = ex.seed_table(recorded, "bottleneck", {"none": "no shortcut"})
+    assert ab.complete_seeds(partial) == [0]
+    header, rows = ab.seed_table(recorded, "bottleneck", {"none": "no shortcut"})
     assert header[3] == "no shortcut (%)" and header[-1] == "no shortcut − bottleneck (points)"
     assert [row[0] for row in rows] == ["0", "1", "mean ± std", "median", "min – max"]
     assert rows[1][3] == f"{100 * values['none'][1]:.1f}"
     with pytest.raises(ValueError, match="baseline must be one of"):
-        ex.paired_differences(recorded, "classic")
+        ab.paired_differences(recorded, "classic")
     with pytest.raises(ValueError, match="key must be one of"):
-        ex.per_seed(recorded, "top5")
+        ab.per_seed(recorded, "top5")
     with pytest.raises(ValueError, match="epochs must be less than"):
-        ex.late_change(recorded, epochs=1)  # one epoch recorded
+        ab.late_change(recorded, epochs=1)  # one epoch recorded
 
 
 def test_late_change_is_the_move_over_the_last_epochs(recorded):
     longer = copy.deepcopy(recorded)
     for run in longer["runs"]:
         run["val_accuracy_ema"] = [0.5, 0.7, 0.8, 0.85]
-    change = ex.late_change(longer, epochs=2)
+    change = ab.late_change(longer, epochs=2)
     assert change["none"][1] == pytest.approx(0.15)
 
 
@@ -187,7 +188,7 @@ def test_the_figure_shows_every_run(recorded):
 
     matplotlib.use("Agg")
     labels = {"bottleneck": "b", "expansion": "e", "none": "n"}
-    fig = ex.plot_ablation(recorded, "bottleneck", labels, {"bottleneck": "C0", "expansion": "C1", "none": "C2"})
+    fig = ab.plot_ablation(recorded, "bottleneck", labels, {"bottleneck": "C0", "expansion": "C1", "none": "C2"})
     left, right = fig.axes
     assert len(left.lines) == 6 and len(right.lines) == 4 + 1  # + the zero line
     assert left.get_xlabel() == right.get_xlabel() == "epoch" and left.get_ylabel()
@@ -195,11 +196,11 @@ def test_the_figure_shows_every_run(recorded):
 
 def test_a_results_file_is_found_by_name(tmp_path, figure6b):
     out, _ = figure6b
-    assert ex.load_results("figure6b", out)["experiment"] == "figure6b"
+    assert ab.load_results("figure6b", out)["experiment"] == "figure6b"
     with pytest.raises(ValueError, match="holds 'figure6b', not 'figure6a'"):
-        ex.load_results("figure6a", out)
+        ab.load_results("figure6a", out)
     with pytest.raises(FileNotFoundError, match="python -m mbv2.experiments expansion"):
-        ex.load_results("expansion", tmp_path / "nothing.json")
+        ab.load_results("expansion", tmp_path / "nothing.json")
 
 
 def test_epochs_default_by_experiment():
@@ -212,7 +213,7 @@ def test_epochs_default_by_experiment():
 # that wrote them the difference is 0, elsewhere rounding differs slightly).
 @pytest.mark.parametrize("name", ex.EXPERIMENTS)
 def test_the_committed_results_are_whole_and_traceable(name):
-    recorded = ex.load_results(name)
+    recorded = ab.load_results(name)
     config = ex.config_of(recorded).check()
     default = ex.ExperimentConfig(name).check()
     assert (config.epochs, config.recipe, config.data, config.threads, config.train_images) == (
@@ -222,7 +223,7 @@ def test_the_committed_results_are_whole_and_traceable(name):
         assert recorded["complete"]
     names = [v["name"] for v in recorded["variants"]]
     assert names == [v.name for v in config.variants()]
-    assert len(recorded["runs"]) >= len(names) and ex.complete_seeds(recorded)
+    assert len(recorded["runs"]) >= len(names) and ab.complete_seeds(recorded)
     for run in recorded["runs"]:
         assert len(run["val_accuracy_ema"]) == len(run["train_loss"]) == config.epochs
     for prov in [*recorded.get("earlier_provenance", []), recorded["provenance"]]:
@@ -233,7 +234,7 @@ def test_the_committed_results_are_whole_and_traceable(name):
 @pytest.mark.parametrize("name, variant", [("figure6a", "relu6"), ("figure6b", "expansion"),
                                            ("expansion", "t=1 width=0.35")])
 def test_the_committed_results_match_the_code(name, variant):
-    recorded = ex.load_results(name)
+    recorded = ab.load_results(name)
     live = ex.live_slice(recorded, epochs=1, only=[variant], progress=False)
     check = ex.check_slice(recorded, live)
     assert check.passed, check.describe()
@@ -244,14 +245,14 @@ def test_largest_drop_finds_the_worst_fall(recorded):
     curves = copy.deepcopy(recorded)
     for run in curves["runs"]:
         run["val_accuracy"] = [0.1, 0.9, 0.5, 0.95, 0.96, 0.7, 0.9]
-    drops = ex.largest_drop(curves, after=0)
+    drops = ab.largest_drop(curves, after=0)
     assert drops["none"][0] == (pytest.approx(0.4), 3)  # 0.9 -> 0.5 into epoch 3
-    drops = ex.largest_drop(curves, after=3)
+    drops = ab.largest_drop(curves, after=3)
     assert drops["none"][0] == (pytest.approx(0.26), 6)
     rising = copy.deepcopy(recorded)
     for run in rising["runs"]:
         run["val_accuracy"] = [0.1, 0.2, 0.3]
-    assert ex.largest_drop(rising, after=1)["bottleneck"][1] == (0.0, 0)
+    assert ab.largest_drop(rising, after=1)["bottleneck"][1] == (0.0, 0)
 
 
 def test_live_slices_in_parallel_equal_the_serial_slice(recorded):
