@@ -39,8 +39,8 @@ them in ONNX Runtime and measures how far their predictions move from float32:
 
 * **Metrics** (:func:`agreement`): top-1 agreement with float32, top-5 overlap, and the
   relative error of the logits (:func:`mbv2.metrics.relative_errors`).
-* **Timing**: :func:`runtimes` gives ONNX Runtime sessions as callables for
-  :func:`mbv2.benchmark.compare`.
+* **Timing**: the int8 network is timed with the other runtimes by
+  :func:`mbv2.deploy.runtimes` (``int8=True``).
 
 onnxruntime and onnx are imported only when a function here needs them.
 """
@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -68,7 +68,7 @@ __all__ = [
     "Agreement", "CLASSIFIER", "CropSet", "Recipe", "RECIPES", "agreement", "build", "calibration_crops",
     "channel_ranges", "correct_bias", "equalisation_chains", "equalise", "evaluation_crops",
     "normalise", "onnx_logits", "photo_crops", "prepare", "quantize_onnx", "quantize_weight",
-    "record", "recorded", "replace_relu6", "runtimes",
+    "record", "recorded", "replace_relu6",
 ]
 
 #: Calibration methods of :func:`quantize_onnx`, by the names of ONNX Runtime's ``CalibrationMethod``.
@@ -490,22 +490,6 @@ def onnx_logits(model, images: torch.Tensor, *, batch_size: int = 16) -> torch.T
     outs = [model.run(None, {"images": images[i:i + batch_size].numpy()})[0]
             for i in range(0, images.shape[0], batch_size)]
     return torch.from_numpy(np.concatenate(outs))
-
-
-def runtimes(paths: Mapping[str, str | Path], resolution: int = 224, *, num_threads: int = 1) -> dict:
-    """ONNX files as callables without arguments for :func:`mbv2.benchmark.compare`: each
-    runs its session (:func:`mbv2.deploy.onnx_session`) on one fixed image (batch 1) of
-    side ``resolution``."""
-    if not isinstance(paths, Mapping) or not paths:
-        raise ValueError("paths must be a non-empty mapping from names to ONNX files")
-    resolution = positive_int("resolution", resolution)
-    feed = {"images": torch.randn(1, 3, resolution, resolution,
-                                  generator=torch.Generator().manual_seed(0)).numpy()}
-    out = {}
-    for name, path in paths.items():
-        runner = onnx_session(path, num_threads=num_threads)
-        out[name] = lambda runner=runner: runner.run(None, feed)[0]
-    return out
 
 
 # --- Metrics ---------------------------------------------------------------------------

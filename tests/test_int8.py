@@ -168,8 +168,6 @@ def test_the_quantized_network_runs_and_agrees_with_float32(pretrained_quantized
     assert result.n == 24
     assert result.top1 >= 0.75 * result.n and result.top5_overlap >= 0.6
     assert 1e-3 < result.median_relative_error < 0.4  # changed, but not far
-    run = int8.runtimes({"int8": path}, 112)["int8"]
-    assert run().shape == (1, 1000)
 
 
 def test_agreement_counts_top1_and_top5():
@@ -207,7 +205,6 @@ def test_agreement_counts_top1_and_top5():
     (lambda: int8.prepare(MobileNetV2(), int8.Recipe(bias_correction=True)), ValueError, "calibration images"),
     (lambda: int8.quantize_onnx(MobileNetV2(width_mult=0.35), torch.zeros(1, 3, 64, 64), "m.onnx",
                                 float_path="nowhere.onnx"), FileNotFoundError, "float_path must be an existing ONNX file"),
-    (lambda: int8.runtimes({}), ValueError, "paths must be a non-empty mapping"),
     (lambda: int8.normalise([np.zeros((4, 4), np.uint8)]), ValueError, r"images\[0\] must be"),
 ])
 def test_bad_arguments(call, error, match):
