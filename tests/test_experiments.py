@@ -265,3 +265,11 @@ def test_live_slices_in_parallel_equal_the_serial_slice(recorded):
     some = ex.live_slices({"figure6b": recorded}, only={"figure6b": ["none"]}, processes=1,
                           progress=False)
     assert [r["variant"] for r in some["figure6b"]["runs"]] == ["none"]
+
+
+def test_figure6a_linear_and_figure6b_bottleneck_are_the_same_runs():
+    # The same network (width 0.5, linear bottlenecks, the paper's shortcut) and seeds,
+    # recorded by two processes from two commits: the runs must agree bit for bit.
+    fig6a, fig6b = ab.load_results("figure6a"), ab.load_results("figure6b")
+    assert ab.per_seed(fig6a, "state_sha256")["linear"] == ab.per_seed(fig6b, "state_sha256")["bottleneck"]
+    assert ab.per_seed(fig6a, "val_loss")["linear"] == ab.per_seed(fig6b, "val_loss")["bottleneck"]
