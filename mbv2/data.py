@@ -284,10 +284,10 @@ def load_image_folders(root: str | Path, *, image_size: int = 224) -> FolderData
     Training: a random crop of 8-100% of the area and aspect ratio 3/4-4/3 resized to
     ``image_size`` and a random horizontal flip (torchvision's ``RandomResizedCrop``, a
     simplification of the Inception preprocessing of the released configuration, which
-    also distorts colours). Evaluation: the shorter side resized to ``image_size / 0.875``
-    and the central ``image_size`` square. Both normalise with the ImageNet mean and
-    standard deviation, as the trained network's preprocessing does
-    (:func:`mbv2.pretrained.preprocessing`). The classes are the sub-folders of
+    also distorts colours). Evaluation and normalisation as the trained network's
+    preprocessing (:func:`mbv2.pretrained.preprocessing`), scaled to ``image_size``: the
+    shorter side resized to ``image_size * 256 / 224``, the central ``image_size`` square,
+    the ImageNet mean and standard deviation. The classes are the sub-folders of
     ``train/``; ``val/`` and ``test/`` must have the same ones.
     """
     from torchvision import datasets, transforms
@@ -298,11 +298,14 @@ def load_image_folders(root: str | Path, *, image_size: int = 224) -> FolderData
         if not (root / needed).is_dir():
             raise FileNotFoundError(f"data_dir must hold train/ and val/ (one sub-folder per "
                                     f"class in each), but {root / needed} is not a folder")
-    normalise = [transforms.ToTensor(),
-                 transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
+    from .pretrained import preprocessing
+
+    reference = preprocessing()  # the trained network's: resize 256, crop 224, ImageNet statistics
+    normalise = [transforms.ToTensor(), transforms.Normalize(reference.mean, reference.std)]
+    resize = round(image_size * reference.resize_size[0] / reference.crop_size[0])
     train_tf = transforms.Compose([transforms.RandomResizedCrop(image_size),
                                    transforms.RandomHorizontalFlip(), *normalise])
-    eval_tf = transforms.Compose([transforms.Resize(round(image_size / 0.875)),
+    eval_tf = transforms.Compose([transforms.Resize(resize),
                                   transforms.CenterCrop(image_size), *normalise])
     train = datasets.ImageFolder(root / "train", transform=train_tf)
     val = datasets.ImageFolder(root / "val", transform=eval_tf)

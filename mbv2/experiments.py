@@ -322,23 +322,19 @@ def live_slices(recorded: dict[str, dict], *, epochs: int = 1, only: dict | None
     tasks = [(name, rec, epochs, v.name) for name, rec in recorded.items()
              for v in config_of(rec).variants()
              if only.get(name) is None or v.name in only[name]]
-    found: dict = {}
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(_slice_one, task) for task in tasks]
-        for future in tqdm(as_completed(futures), total=len(futures), unit="run",
-                           disable=not progress):
-            name, live = future.result()
-            found.setdefault(name, []).append(live)
-    merged = {}
-    for name in recorded:
-        parts = found.get(name, [])
-        if not parts:
-            continue
-        order = {t[3]: i for i, t in enumerate(tasks) if t[0] == name}
-        parts.sort(key=lambda live: order[live["runs"][0]["variant"]])
-        merged[name] = parts[0] | {"runs": [run for live in parts for run in live["runs"]]}
-        merged[name]["config"] = parts[0]["config"] | {"only": [t[3] for t in tasks if t[0] == name]}
-    return merged
+        for _ in tqdm(as_completed(futures), total=len(futures), unit="run",
+                      disable=not progress):
+            pass
+    parts: dict = {}  # {name: [live, ...]} in task order
+    for future in futures:
+        name, live = future.result()
+        parts.setdefault(name, []).append(live)
+    return {name: lives[0] | {"runs": [run for live in lives for run in live["runs"]],
+                              "config": lives[0]["config"] | {"only": [
+                                  live["runs"][0]["variant"] for live in lives]}}
+            for name, lives in parts.items()}
 
 
 class SliceCheck(NamedTuple):
