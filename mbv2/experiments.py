@@ -31,6 +31,13 @@ for a test.
 Command line::
 
     python -m mbv2.experiments figure6b --out results/figure6b.json --seeds 5 --threads 1
+
+``--resume`` keeps the runs already in ``--out``. To use more cores, run seeds side by side
+in separate processes, each into its own file, then merge them (the merge re-runs nothing)::
+
+    python -m mbv2.experiments expansion --out a.json --only-seeds 0 1 2
+    python -m mbv2.experiments expansion --out b.json --only-seeds 3 4
+    python -m mbv2.experiments expansion --out results/expansion.json --merge a.json b.json
 """
 
 from __future__ import annotations
@@ -199,7 +206,7 @@ def _variant_record(config: ExperimentConfig, variant: Variant, num_classes: int
 
 def run_experiment(config: ExperimentConfig, *, out: str | Path | None = None,
                    epochs: int | None = None, progress: bool = True,
-                   resume: bool = False) -> dict:
+                   resume: bool = False, merge: list | tuple = ()) -> dict:
     """Train every variant of ``config`` for every seed; return (and write to ``out``,
     after every run) the results: ``config``, ``variants`` (parameters, multiply-adds at
     ``image_size``), ``runs`` (one per seed and variant: per-epoch ``val_accuracy``,
@@ -207,7 +214,10 @@ def run_experiment(config: ExperimentConfig, *, out: str | Path | None = None,
     ``test_accuracy``; seconds), ``provenance`` with ``wall_seconds``, and ``complete``.
 
     ``epochs`` (default ``config.epochs``) lets :func:`live_slice` stop early. With
-    ``resume``, runs already in ``out`` for the same config are kept, not redone.
+    ``resume``, runs already in ``out`` are kept, not redone; ``merge`` names more results
+    files whose runs are kept too (parts of one experiment run side by side, each with its
+    own seeds or variants). A kept file must have the same configuration apart from its
+    seeds and variants, and its sessions' provenance goes to ``earlier_provenance``.
     """
     config = copy.deepcopy(config).check()
     epochs = config.epochs if epochs is None else positive_int("epochs", epochs)
@@ -215,14 +225,8 @@ def run_experiment(config: ExperimentConfig, *, out: str | Path | None = None,
     num_classes = int(split.y_train.max()) + 1
     batch = _train_config(config, config.variants()[0], 0, 1, 1, False).batch_size
     steps_per_epoch = len(split.y_train[:config.train_images or None]) // batch
-    done: dict = {}
-    if resume and out is not None and Path(out).exists():
-        import json
-
-        previous = json.loads(Path(out).read_text())
-        if previous["config"] != _config_record(config, epochs, steps_per_epoch):
-            raise ValueError(f"cannot resume: {out} was written with another configuration")
-        done = {(run["variant"], run["seed"]): run for run in previous["runs"]}
+    sources = [*([out] if resume and out is not None and Path(out).exists() else []), *merge]
+    done, earlier = _kept_runs(sources, config, _config_record(config, epochs, steps_per_epoch))
 
     deterministic = torch.are_deterministic_algorithms_enabled()
     threads = torch.get_num_threads()
@@ -240,9 +244,8 @@ def run_experiment(config: ExperimentConfig, *, out: str | Path | None = None,
             "provenance": provenance() | {"wall_seconds": None},
             "complete": False,
         }
-        if done:  # the sessions that recorded the kept runs, oldest first
-            result["earlier_provenance"] = (previous.get("earlier_provenance", [])
-                                            + [previous["provenance"]])
+        if earlier:
+            result["earlier_provenance"] = earlier
         for seed in config.seeds:
             for variant in config.variants():
                 if (variant.name, seed) in done:
@@ -264,6 +267,34 @@ def run_experiment(config: ExperimentConfig, *, out: str | Path | None = None,
     finally:
         torch.use_deterministic_algorithms(deterministic)
         torch.set_num_threads(threads)
+
+
+def _kept_runs(sources: list, config: ExperimentConfig, record: dict) -> tuple[dict, list]:
+    """The runs of ``config`` recorded in the results files ``sources``, by (variant, seed),
+    and the provenance of the sessions that made those files, oldest first."""
+    import json
+
+    def comparable(rec: dict) -> dict:
+        return {k: v for k, v in rec.items() if k not in ("seeds", "only")}
+
+    planned = {(v.name, seed) for v in config.variants() for seed in config.seeds}
+    done: dict = {}
+    earlier: list = []
+    for source in sources:
+        previous = json.loads(Path(source).read_text())
+        if comparable(previous["config"]) != comparable(record):
+            raise ValueError(f"cannot resume: {source} was written with another configuration")
+        for run in previous["runs"]:
+            key = (run["variant"], run["seed"])
+            if key in done and done[key]["state_sha256"] != run["state_sha256"]:
+                raise ValueError(f"cannot merge {source}: its run {key} differs from the same "
+                                 "run in an earlier file (not reproducible here?)")
+            if key in planned:
+                done.setdefault(key, run)
+        for session in [*previous.get("earlier_provenance", []), previous["provenance"]]:
+            if session not in earlier:
+                earlier.append(session)
+    return done, earlier
 
 
 def _config_record(config: ExperimentConfig, epochs: int, steps_per_epoch: int) -> dict:
@@ -422,17 +453,27 @@ def main(argv: list[str] | None = None) -> dict:
     add("--split-seed", type=int, default=0)
     add("--train-images", type=int, default=0, metavar="N",
         help="train on the first N training images only (default: all; for quick tests)")
+    add("--only-seeds", type=int, nargs="+", default=None, metavar="SEED",
+        help="run only these of the seeds 0 ... N-1")
     add("--resume", action="store_true", help="keep the runs already in --out")
+    add("--merge", nargs="+", default=[], metavar="FILE",
+        help="keep the runs in these results files too (parts of the same experiment, "
+             "e.g. other seeds run side by side)")
     add("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
+    seeds = list(range(args.seeds))
+    if args.only_seeds is not None and not set(args.only_seeds) <= set(seeds):
+        parser.error(f"--only-seeds must be among 0 ... {args.seeds - 1}, "
+                     f"got {args.only_seeds}")
     config = ExperimentConfig(
-        experiment=args.experiment, seeds=list(range(args.seeds)), epochs=args.epochs,
+        experiment=args.experiment, seeds=args.only_seeds or seeds, epochs=args.epochs,
         width=args.width, widths=args.widths, ratios=args.ratios, data=args.data,
         recipe=args.recipe, batch_size=args.batch_size, lr=args.lr,
         split_seed=args.split_seed, threads=args.threads, only=args.only,
         train_images=args.train_images)
     try:
-        result = run_experiment(config, out=args.out, progress=args.progress, resume=args.resume)
+        result = run_experiment(config, out=args.out, progress=args.progress,
+                                resume=args.resume, merge=args.merge)
     except (ValueError, FileNotFoundError) as error:
         parser.exit(2, f"python -m mbv2.experiments: error: {error}\n")
     print(f"{len(result['runs'])} runs in {result['provenance']['wall_seconds']:.0f} s -> {args.out}")

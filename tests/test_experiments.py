@@ -126,9 +126,49 @@ def test_resume_keeps_finished_runs(tmp_path, recorded):
     assert [r["seconds"] for r in result["runs"]][:-1] == [-1.0] * 5
     assert result["runs"][-1]["state_sha256"] == recorded["runs"][-1]["state_sha256"]
     assert result["complete"] and json.loads(out.read_text())["complete"]
-    config.seeds = [0, 1, 2]
+    config.width = 0.2
     with pytest.raises(ValueError, match="another configuration"):
         ex.run_experiment(config, out=out, progress=False, resume=True)
+
+
+TINY_ARGS = ["--epochs", "1", "--width", "0.1", "--data", "digits", "--threads", "1",
+             "--batch-size", "100", "--train-images", "400", "--no-progress"]
+
+
+def test_seeds_run_side_by_side_merge_into_one_file(tmp_path, recorded):
+    part = tmp_path / "seed1.json"  # seed 1 alone, as a second process would run it
+    alone = ex.main(["figure6b", "--out", str(part), "--seeds", "2", "--only-seeds", "1",
+                     *TINY_ARGS])
+    assert alone["config"]["seeds"] == [1] and alone["complete"]
+    assert [r["state_sha256"] for r in alone["runs"]] == [
+        r["state_sha256"] for r in recorded["runs"] if r["seed"] == 1]
+    out = tmp_path / "figure6b.json"  # the first process's file, still missing seed 1
+    first = copy.deepcopy(recorded)
+    first["runs"] = [r | {"seconds": -1.0} for r in first["runs"] if r["seed"] == 0]
+    first["complete"] = False
+    out.write_text(json.dumps(first))
+    merged = ex.main(["figure6b", "--out", str(out), "--seeds", "2", "--resume",
+                      "--merge", str(part), *TINY_ARGS])
+    assert merged["complete"] and merged["config"] == recorded["config"]
+    assert [(r["variant"], r["seed"]) for r in merged["runs"]] == [
+        (r["variant"], r["seed"]) for r in recorded["runs"]]
+    assert [r["seconds"] for r in merged["runs"]] == [-1.0] * 3 + [
+        r["seconds"] for r in alone["runs"]]  # nothing re-run
+    assert merged["earlier_provenance"] == [first["provenance"], alone["provenance"]]
+    disagreeing = copy.deepcopy(alone)
+    disagreeing["runs"][0]["state_sha256"] = "0" * 64
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(disagreeing))
+    with pytest.raises(ValueError, match="differs from the same run"):
+        ex.run_experiment(ex.config_of(recorded), out=out, progress=False, resume=True,
+                          merge=[other])
+
+
+def test_only_seeds_must_be_among_the_seeds(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        ex.main(["figure6b", "--out", str(tmp_path / "x.json"), "--seeds", "2",
+                 "--only-seeds", "2", *TINY_ARGS])
+    assert "--only-seeds must be among 0 ... 1, got [2]" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kwargs, match", [
