@@ -259,11 +259,12 @@ def test_the_committed_results_are_whole_and_traceable(name):
     assert (config.epochs, config.recipe, config.data, config.threads, config.train_images) == (
         default.epochs, "paper", "mnist", 1, 0)
     assert config.seeds == list(range(5)) and config.only is None
-    if name != "expansion":  # the sweep may still be running (see the chapter)
-        assert recorded["complete"]
+    assert recorded["complete"]
     names = [v["name"] for v in recorded["variants"]]
     assert names == [v.name for v in config.variants()]
-    assert len(recorded["runs"]) >= len(names) and ab.complete_seeds(recorded)
+    pairs = [(run["variant"], run["seed"]) for run in recorded["runs"]]
+    assert sorted(pairs) == sorted((n, s) for n in names for s in config.seeds)
+    assert ab.complete_seeds(recorded) == config.seeds
     for run in recorded["runs"]:
         assert len(run["val_accuracy_ema"]) == len(run["train_loss"]) == config.epochs
     for prov in [*recorded.get("earlier_provenance", []), recorded["provenance"]]:
