@@ -283,7 +283,8 @@ def _kept_runs(sources: list, config: ExperimentConfig, record: dict) -> tuple[d
     for source in sources:
         previous = json.loads(Path(source).read_text())
         if comparable(previous["config"]) != comparable(record):
-            raise ValueError(f"cannot resume: {source} was written with another configuration")
+            raise ValueError(f"cannot keep the runs of {source}: it was written with another "
+                             "configuration (only the seeds and the variants may differ)")
         for run in previous["runs"]:
             key = (run["variant"], run["seed"])
             if key in done and done[key]["state_sha256"] != run["state_sha256"]:
