@@ -12,14 +12,15 @@ from mbv2 import experiments as ex
 from mbv2.loop import build_model
 
 TINY = dict(data="digits", epochs=1, width=0.1, threads=1, batch_size=100, train_images=400)
+# the same on the command line
+TINY_ARGS = [*(item for key, value in TINY.items()
+               for item in (f"--{key.replace('_', '-')}", str(value))), "--no-progress"]
 
 
 @pytest.fixture(scope="module")
 def figure6b(tmp_path_factory):
     out = tmp_path_factory.mktemp("results") / "figure6b.json"
-    result = ex.main(["figure6b", "--out", str(out), "--seeds", "2", "--epochs", "1", "--width", "0.1",
-                      "--data", "digits", "--threads", "1", "--batch-size", "100", "--train-images", "400",
-                      "--no-progress"])
+    result = ex.main(["figure6b", "--out", str(out), "--seeds", "2", *TINY_ARGS])
     return out, result
 
 
@@ -129,10 +130,6 @@ def test_resume_keeps_finished_runs(tmp_path, recorded):
     config.width = 0.2
     with pytest.raises(ValueError, match="another configuration"):
         ex.run_experiment(config, out=out, progress=False, resume=True)
-
-
-TINY_ARGS = ["--epochs", "1", "--width", "0.1", "--data", "digits", "--threads", "1",
-             "--batch-size", "100", "--train-images", "400", "--no-progress"]
 
 
 def test_seeds_run_side_by_side_merge_into_one_file(tmp_path, recorded):
